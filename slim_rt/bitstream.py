@@ -1,0 +1,129 @@
+"""The `.slim` container (specified in docs/bitstream.md).
+
+    offset size  field
+    0      4     magic b"SLIM"
+    4      1     format version (1)
+    5      4     model fingerprint (first 4 bytes of its SHA-256)
+    9      2     width  (uint16, big endian, original image)
+    11     2     height (uint16)
+    13     1     rate index
+    14     1     enhancement steps K suggested by the encoder
+    15     var   caption length (LEB128 varint) + caption (UTF-8)
+    ..     var   z string length (varint) + y string length (varint)
+    ..           z string, y string (rANS)
+    end-4  4     CRC-32 of every byte before it (big endian)
+
+Every field is validated on parse; anything malformed raises BitstreamError with one line.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from slim_rt.errors import BitstreamError
+
+MAGIC = b"SLIM"
+VERSION = 1
+FINGERPRINT_BYTES = 4
+MAX_SIDE = 16384
+MAX_STEPS = 8
+_FIXED = struct.Struct(">4sB4sHHBB")  # magic, version, fingerprint, w, h, rate, steps
+
+
+@dataclass(frozen=True)
+class Header:
+    width: int
+    height: int
+    rate: int
+    steps: int
+    caption: str
+    fingerprint: bytes
+    version: int = VERSION
+
+
+@dataclass(frozen=True)
+class Bitstream:
+    header: Header
+    z: bytes
+    y: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(pack(self))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int, what: str) -> tuple[int, int]:
+    n = shift = 0
+    for i in range(5):
+        if pos + i >= len(buf):
+            raise BitstreamError(f"truncated bitstream: {what} length cut off")
+        b = buf[pos + i]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, pos + i + 1
+    raise BitstreamError(f"corrupt bitstream: {what} length is not a valid varint")
+
+
+def pack(bs: Bitstream) -> bytes:
+    h = bs.header
+    if not (1 <= h.width <= MAX_SIDE and 1 <= h.height <= MAX_SIDE):
+        raise ValueError(f"image size {h.width}x{h.height} outside 1..{MAX_SIDE}")
+    if not (0 <= h.rate < 256 and 0 <= h.steps <= MAX_STEPS):
+        raise ValueError("rate must be in [0, 255] and steps in [0, 8]")
+    if len(h.fingerprint) != FINGERPRINT_BYTES:
+        raise ValueError("fingerprint must be 4 bytes")
+    cap = h.caption.encode("utf-8")
+    body = (_FIXED.pack(MAGIC, VERSION, h.fingerprint, h.width, h.height, h.rate, h.steps)
+            + _varint(len(cap)) + cap + _varint(len(bs.z)) + _varint(len(bs.y)) + bs.z + bs.y)
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def parse(data: bytes) -> Bitstream:
+    """bytes -> Bitstream; raises BitstreamError on any malformed, truncated or corrupt input."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BitstreamError(f"bitstream must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < 4 or data[:4] != MAGIC:
+        raise BitstreamError("not a .slim bitstream (bad magic)")
+    if len(data) < _FIXED.size + 3 + 4:
+        raise BitstreamError(f"truncated bitstream: {len(data)} bytes is shorter than any header")
+    body, crc = data[:-4], struct.unpack(">I", data[-4:])[0]
+    magic, version, fp, w, h, rate, steps = _FIXED.unpack_from(body, 0)
+    if version != VERSION:
+        raise BitstreamError(f"unsupported .slim format version {version} (this reader knows {VERSION})")
+    if zlib.crc32(body) != crc:
+        raise BitstreamError("corrupt bitstream: CRC-32 mismatch (truncated or altered)")
+    if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
+        raise BitstreamError(f"corrupt bitstream: image size {w}x{h} out of range")
+    if steps > MAX_STEPS:
+        raise BitstreamError(f"corrupt bitstream: enhancement steps {steps} > {MAX_STEPS}")
+    pos = _FIXED.size
+    ncap, pos = _read_varint(body, pos, "caption")
+    if pos + ncap > len(body):
+        raise BitstreamError("truncated bitstream: caption cut off")
+    try:
+        caption = body[pos:pos + ncap].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BitstreamError("corrupt bitstream: caption is not valid UTF-8") from None
+    pos += ncap
+    nz, pos = _read_varint(body, pos, "z stream")
+    ny, pos = _read_varint(body, pos, "y stream")
+    if pos + nz + ny != len(body):
+        raise BitstreamError(f"corrupt bitstream: stream lengths ({nz}+{ny}) do not match the "
+                             f"{len(body) - pos} payload bytes")
+    if nz == 0 or ny == 0:
+        raise BitstreamError("corrupt bitstream: empty entropy-coded stream")
+    z, y = body[pos:pos + nz], body[pos + nz:]
+    return Bitstream(Header(w, h, rate, steps, caption, fp, version), z, y)

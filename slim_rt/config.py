@@ -1,0 +1,84 @@
+"""Frozen configs with named presets (gpt-fast style).
+
+`CompressorConfig` shapes the learned latent compressor; `EnhanceConfig` the few-step
+enhancement; `SlimConfig` is what `slim_config.json` in a model directory holds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT = "slim-rt/1"
+CONFIG_NAME = "slim_config.json"
+
+
+@dataclass(frozen=True)
+class CompressorConfig:
+    latent_channels: int = 4   # C of the VAE latent (4 for Stable Diffusion)
+    N: int = 64                # hidden channels of g_a/g_s and of the hyperprior (z channels)
+    M: int = 32                # channels of y
+    scale_hidden: int = 32     # channels of the integer scale network
+    scale_min: float = 0.11    # scale table: `scale_levels` log-spaced values in [scale_min, scale_max]
+    scale_max: float = 64.0
+    scale_levels: int = 64
+
+    # spatial strides: x (latent) -> y is /2, y -> z is /4. A latent must be a multiple of 8.
+    @property
+    def latent_multiple(self) -> int:
+        return 8
+
+
+COMPRESSOR_PRESETS: dict[str, CompressorConfig] = {
+    "test": CompressorConfig(N=16, M=8, scale_hidden=8),
+    "tiny": CompressorConfig(N=64, M=32, scale_hidden=32),
+    "sd": CompressorConfig(N=128, M=64, scale_hidden=64),
+}
+
+
+@dataclass(frozen=True)
+class EnhanceConfig:
+    steps: int = 1          # default K written into bitstreams (0 = no enhancement)
+    t0: int = 200           # timestep the decompressed latent is treated as
+    max_steps: int = 8
+
+    def __post_init__(self):
+        if not 0 <= self.steps <= self.max_steps:
+            raise ValueError(f"enhance steps must be in [0, {self.max_steps}], got {self.steps}")
+
+
+@dataclass(frozen=True)
+class SlimConfig:
+    name: str
+    base: str = "."                     # diffusers base: "." (inside the model dir), a path or a hub id
+    compressor: CompressorConfig = field(default_factory=CompressorConfig)
+    rates: tuple[str, ...] = ()         # compressor weight files, lowest bitrate first
+    lambdas: tuple[float, ...] = ()     # the training lambda of each rate point (documentation)
+    enhance: EnhanceConfig = field(default_factory=EnhanceConfig)
+    caption_template: str = "a photo of a {}"
+    max_caption_bytes: int = 255
+    format: str = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SlimConfig":
+        d = dict(d)
+        if d.get("format") != FORMAT:
+            raise ValueError(f"unsupported model format {d.get('format')!r} (expected {FORMAT!r})")
+        d["compressor"] = CompressorConfig(**d.get("compressor", {}))
+        d["enhance"] = EnhanceConfig(**d.get("enhance", {}))
+        d["rates"] = tuple(d.get("rates", ()))
+        d["lambdas"] = tuple(d.get("lambdas", ()))
+        return cls(**d)
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "SlimConfig":
+        path = Path(model_dir) / CONFIG_NAME
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def save(self, model_dir: str | Path) -> None:
+        Path(model_dir).mkdir(parents=True, exist_ok=True)
+        (Path(model_dir) / CONFIG_NAME).write_text(self.to_json() + "\n")

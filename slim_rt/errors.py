@@ -1,0 +1,17 @@
+"""Exceptions users catch. Each carries a one-line, human-readable reason."""
+
+
+class SlimError(Exception):
+    """Base class for slim-rt errors."""
+
+
+class BitstreamError(SlimError, ValueError):
+    """A .slim bitstream is malformed, truncated or corrupted."""
+
+
+class ModelMismatchError(SlimError, ValueError):
+    """A .slim bitstream was written by a different model than the one decoding it."""
+
+
+class ModelLoadError(SlimError, OSError):
+    """A model could not be found or loaded (missing directory, offline hub id, bad files)."""

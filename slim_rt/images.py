@@ -1,0 +1,125 @@
+"""Image input normalisation: anything a user hands us -> float RGB [3, H, W] in [0, 1].
+
+Accepts PIL images, HWC/HW uint8 (or uint16) arrays, CHW tensors (uint8 or float in [0, 1])
+and file paths. Applies EXIF orientation, converts L/LA/P/RGBA/CMYK/16-bit to RGB
+(transparent pixels composited on white), and rejects too-small or bomb-sized input.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+MIN_SIDE = 64
+MAX_SIDE = 8192
+MAX_PIXELS = 40_000_000
+
+
+def _check_size(w: int, h: int) -> None:
+    if w < MIN_SIDE or h < MIN_SIDE:
+        raise ValueError(f"image is {w}x{h}; slim-rt needs at least {MIN_SIDE}x{MIN_SIDE} pixels")
+    if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
+        raise ValueError(f"image is {w}x{h}; larger than the supported {MAX_SIDE} px per side / "
+                         f"{MAX_PIXELS // 1_000_000} MP")
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open an image file with decompression-bomb protection; errors are one-line ValueErrors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"no such image file: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(p)
+            _check_size(*img.size)
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError(f"{path}: image too large (decompression bomb protection)") from None
+    except ValueError:
+        raise
+    except Exception as e:  # UnidentifiedImageError, truncated files, OSError
+        raise ValueError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return img
+
+
+def _pil_to_rgb(img: Image.Image) -> Image.Image:
+    img = ImageOps.exif_transpose(img)
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I") and a.max(initial=0) > 255 else 255.0
+        a = np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
+
+
+def to_tensor(image) -> Tensor:
+    """-> float32 [3, H, W] in [0, 1]. Raises ValueError for unsupported or badly sized input."""
+    if isinstance(image, (str, Path)):
+        image = open_image(image)
+    if isinstance(image, Image.Image):
+        _check_size(*image.size)
+        a = np.asarray(_pil_to_rgb(image), dtype=np.uint8)
+        return torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255.0
+    if isinstance(image, np.ndarray):
+        a = image
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+            raise ValueError(f"array image must be HxW or HxWxC with C in (1, 3, 4), got shape {image.shape}")
+        if a.dtype == np.uint16:
+            a = (a.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+        elif a.dtype != np.uint8:
+            raise ValueError(f"array image must be uint8 or uint16, got {a.dtype}")
+        _check_size(a.shape[1], a.shape[0])
+        t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() / 255.0
+        return _channels_to_rgb(t)
+    if isinstance(image, Tensor):
+        t = image.detach().cpu()
+        if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+            raise ValueError(f"tensor image must be CxHxW with C in (1, 3, 4), got shape {tuple(t.shape)}")
+        _check_size(t.shape[2], t.shape[1])
+        if t.dtype == torch.uint8:
+            t = t.float() / 255.0
+        elif t.is_floating_point():
+            if not torch.isfinite(t).all():
+                raise ValueError("tensor image contains NaN or inf")
+            t = t.float().clamp(0, 1)
+        else:
+            raise ValueError(f"tensor image must be uint8 or float in [0, 1], got {t.dtype}")
+        return _channels_to_rgb(t)
+    raise ValueError(f"unsupported image type {type(image).__name__} (PIL image, ndarray, tensor or path)")
+
+
+def _channels_to_rgb(t: Tensor) -> Tensor:
+    if t.shape[0] == 1:
+        return t.expand(3, -1, -1).clone()
+    if t.shape[0] == 4:  # composite on white
+        rgb, a = t[:3], t[3:4]
+        return rgb * a + (1 - a)
+    return t
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """[B,3,H,W] -> replicate-padded to multiples of `multiple` (bottom/right)."""
+    H, W = x.shape[-2:]
+    ph, pw = (-H) % multiple, (-W) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    return torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+def to_pil(x: Tensor) -> Image.Image:
+    """[3,H,W] float in [0,1] -> PIL RGB."""
+    a = (x.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(a, "RGB")

@@ -1,0 +1,141 @@
+"""The frozen latent-diffusion base: VAE, UNet, text encoder, tokenizer (diffusers layout).
+
+Works for Stable Diffusion 1.x / 2.x / SD-Turbo folders and for slim-rt's own tiny family
+(a MiniLM text encoder instead of CLIP). A local directory is used as is; anything else is
+treated as a Hugging Face hub id and fails with `ModelLoadError` when it cannot be fetched
+(e.g. offline and not cached).
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from slim_rt.errors import ModelLoadError
+
+REQUIRED = ("vae",)
+OPTIONAL = ("unet", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class BaseModel:
+    vae: nn.Module
+    unet: nn.Module | None
+    text_encoder: nn.Module | None
+    tokenizer: object | None
+    scheduler_config: dict
+    source: str
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def shift_factor(self) -> float:
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
+    def configs(self) -> dict:
+        """The component configs (they identify the base in the model fingerprint)."""
+        out = {"vae": dict(self.vae.config), "scheduler": self.scheduler_config}
+        if self.unet is not None:
+            out["unet"] = dict(self.unet.config)
+        if self.text_encoder is not None:
+            out["text_encoder"] = self.text_encoder.config.to_dict()
+        return json.loads(json.dumps(out, default=str))
+
+    def to(self, device, dtype=None) -> "BaseModel":
+        for m in (self.vae, self.unet, self.text_encoder):
+            if m is not None:
+                m.to(device=device, dtype=dtype)
+        return self
+
+    # -- the stages the pipeline calls (latents are scaled as diffusers does) ---------------
+    def encode_latent(self, image: Tensor) -> Tensor:
+        """image [B,3,H,W] in [-1,1] -> scaled latent [B,4,H/8,W/8] (posterior mode)."""
+        lat = self.vae.encode(image).latent_dist.mode()
+        return (lat - self.shift_factor) * self.scaling_factor
+
+    def decode_latent(self, latent: Tensor) -> Tensor:
+        """scaled latent -> image [B,3,H,W] in [-1,1] (not clamped)."""
+        return self.vae.decode(latent / self.scaling_factor + self.shift_factor).sample
+
+    def encode_text(self, captions: list[str], device) -> Tensor:
+        """captions -> token states [B, T, D] (the UNet's cross-attention context)."""
+        tok = self.tokenizer(captions, padding="max_length", truncation=True,
+                             max_length=min(self.tokenizer.model_max_length, 77), return_tensors="pt")
+        clip = "clip" in getattr(self.text_encoder.config, "model_type", "")
+        kwargs = {} if clip else {"attention_mask": tok["attention_mask"].to(device)}  # SD uses no mask
+        return self.text_encoder(tok["input_ids"].to(device), **kwargs).last_hidden_state
+
+
+@contextmanager
+def _quiet():
+    """Silence diffusers/transformers loading chatter for the duration of a load, then restore."""
+    import diffusers.utils.logging as dl
+    import transformers.utils.logging as tl
+    saved = (dl.get_verbosity(), tl.get_verbosity(), dl.is_progress_bar_enabled(), tl.is_progress_bar_enabled())
+    dl.set_verbosity_error(); tl.set_verbosity_error(); dl.disable_progress_bar(); tl.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dl.set_verbosity(saved[0]); tl.set_verbosity(saved[1])
+        if saved[2]:
+            dl.enable_progress_bar()
+        if saved[3]:
+            tl.enable_progress_bar()
+
+
+def _exists(root: Path, sub: str) -> bool:
+    return (root / sub).is_dir()
+
+
+def load_base(source: str | Path, *, local_files_only: bool = False, device="cpu",
+              dtype: torch.dtype = torch.float32, need_unet: bool = True) -> BaseModel:
+    """Load a diffusers-format base from a local directory or a hub id. Frozen, eval mode."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import AutoModel, AutoTokenizer
+
+    src = str(source)
+    local = Path(src).expanduser()
+    is_local = local.is_dir()
+    if not is_local and (src.startswith((".", "/", "~")) or Path(src).suffix):
+        raise ModelLoadError(f"base model directory not found: {src}")
+    root = str(local) if is_local else src
+    kw = {"local_files_only": local_files_only}
+
+    def load(what, fn, sub, **extra):
+        try:
+            with _quiet():
+                return fn(root, subfolder=sub, **kw, **extra)
+        except Exception as e:  # OSError, HF hub errors, bad configs
+            where = "directory" if is_local else "hub id"
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(f"cannot load {what} of base {where} {src!r}: {reason}") from None
+
+    if is_local and not _exists(local, "vae"):
+        raise ModelLoadError(f"{src} is not a diffusers model directory (no vae/ folder)")
+    vae = load("vae", AutoencoderKL.from_pretrained, "vae", torch_dtype=dtype)
+    has = (lambda sub: _exists(local, sub)) if is_local else (lambda sub: True)
+    unet = load("unet", UNet2DConditionModel.from_pretrained, "unet", torch_dtype=dtype) if need_unet and has("unet") else None
+    text_encoder = tokenizer = None
+    if unet is not None and has("text_encoder"):
+        text_encoder = load("text_encoder", AutoModel.from_pretrained, "text_encoder", dtype=dtype)
+        tokenizer = load("tokenizer", AutoTokenizer.from_pretrained, "tokenizer")
+    sched = {}
+    if is_local and (local / "scheduler" / "scheduler_config.json").is_file():
+        sched = json.loads((local / "scheduler" / "scheduler_config.json").read_text())
+    elif not is_local:
+        try:
+            from diffusers import DDPMScheduler
+            sched = dict(DDPMScheduler.load_config(root, subfolder="scheduler", **kw))
+        except Exception:
+            sched = {}
+    base = BaseModel(vae, unet, text_encoder, tokenizer, sched, src)
+    for m in (base.vae, base.unet, base.text_encoder):
+        if m is not None:
+            m.requires_grad_(False).eval()
+    return base.to(device, dtype)

@@ -1,0 +1,146 @@
+"""A SLIM model on disk and in memory: config + frozen base + one compressor per rate point.
+
+Directory layout (a "SLIM model directory"):
+    slim_config.json              SlimConfig (format "slim-rt/1")
+    compressor/rate{i}.safetensors  one SlimCompressor per rate point, lowest bitrate first
+    vae/ unet/ text_encoder/ tokenizer/ scheduler/   the diffusers base, when config.base == "."
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from slim_rt.config import CONFIG_NAME, SlimConfig
+from slim_rt.errors import ModelLoadError
+from slim_rt.models.base import BaseModel, load_base
+from slim_rt.models.compressor import SlimCompressor
+
+BUNDLED = ("slim-tiny",)
+_ENTROPY_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+def bundled_dir(name: str) -> Path | None:
+    """Path of a model shipped inside the package, or None when this build lacks it."""
+    p = Path(str(resources.files("slim_rt"))) / "weights" / name
+    return p if (p / CONFIG_NAME).is_file() else None
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A bundled name or a local SLIM model directory -> its path (ModelLoadError otherwise)."""
+    s = str(name_or_path)
+    if s in BUNDLED:
+        p = bundled_dir(s)
+        if p is None:
+            raise ModelLoadError(f"model {s!r} is not bundled in this build of slim-rt")
+        return p
+    p = Path(s).expanduser()
+    if not p.is_dir():
+        raise ModelLoadError(f"no SLIM model directory at {s!r} (give a directory with {CONFIG_NAME} "
+                             f"or one of {', '.join(BUNDLED)})")
+    if not (p / CONFIG_NAME).is_file():
+        raise ModelLoadError(f"{s} has no {CONFIG_NAME}: not a SLIM model directory "
+                             "(a plain diffusers base needs a trained compressor: see `slim-rt train`)")
+    return p
+
+
+def compressor_state(comp: SlimCompressor) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in comp.state_dict().items()}
+
+
+def load_compressor(cfg, state: dict[str, torch.Tensor]) -> SlimCompressor:
+    """Build a compressor and load a state dict whose entropy tables may have any size."""
+    comp = SlimCompressor(cfg)
+    for mod_name in ("entropy_bottleneck", "gaussian"):
+        mod = getattr(comp, mod_name)
+        for buf in _ENTROPY_BUFFERS:
+            key = f"{mod_name}.{buf}"
+            if key in state and hasattr(mod, buf):
+                getattr(mod, buf).resize_(state[key].shape)
+    comp.load_state_dict(state)
+    return comp.eval().requires_grad_(False)
+
+
+def fingerprint(cfg: SlimConfig, compressors: list[SlimCompressor], base_configs: dict) -> str:
+    """SHA-256 (hex) over the config, every compressor tensor (weights, integer scale network and
+    entropy tables) and the base's component configs. The bitstream carries its first 4 bytes."""
+    h = hashlib.sha256()
+    h.update(cfg.to_json().encode())
+    h.update(json.dumps(base_configs, sort_keys=True, default=str).encode())
+    for comp in compressors:
+        for k, v in sorted(compressor_state(comp).items()):
+            h.update(k.encode())
+            h.update(str(v.dtype).encode())
+            h.update(str(tuple(v.shape)).encode())
+            h.update(v.numpy().tobytes() if v.dtype != torch.bfloat16 else v.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class SlimModel:
+    config: SlimConfig
+    base: BaseModel
+    compressors: list[SlimCompressor]
+    root: Path
+    fingerprint_hex: str
+
+    @property
+    def fingerprint(self) -> bytes:
+        return bytes.fromhex(self.fingerprint_hex)[:4]
+
+    @property
+    def num_rates(self) -> int:
+        return len(self.compressors)
+
+    @property
+    def pixel_multiple(self) -> int:
+        return 8 * self.config.compressor.latent_multiple
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, device="cpu", dtype=torch.float32,
+                        local_files_only: bool = False, base: str | None = None,
+                        need_unet: bool = True) -> "SlimModel":
+        root = resolve(name_or_path)
+        try:
+            cfg = SlimConfig.load(root)
+        except (ValueError, TypeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"bad {CONFIG_NAME} in {root}: {e}") from None
+        if not cfg.rates:
+            raise ModelLoadError(f"{root}: the config lists no compressor rate points")
+        comps = []
+        for rel in cfg.rates:
+            f = root / rel
+            if not f.is_file():
+                raise ModelLoadError(f"{root}: missing compressor weights {rel}")
+            try:
+                comps.append(load_compressor(cfg.compressor, load_file(str(f))))
+            except Exception as e:
+                raise ModelLoadError(f"{f}: cannot load compressor weights ({str(e).splitlines()[0]})") from None
+        base_src = base or cfg.base
+        base_path = root if base_src == "." else (root / base_src if (root / base_src).is_dir() else base_src)
+        base_model = load_base(base_path, local_files_only=local_files_only, device=device, dtype=dtype,
+                               need_unet=need_unet)
+        for c in comps:
+            c.to(device)
+        fp = fingerprint(cfg, comps, base_model.configs())
+        return cls(cfg, base_model, comps, root, fp)
+
+    @staticmethod
+    def save_compressors(model_dir: str | Path, cfg: SlimConfig, compressors: list[SlimCompressor]) -> SlimConfig:
+        """Write compressor weights and a config listing them; returns that config."""
+        d = Path(model_dir)
+        (d / "compressor").mkdir(parents=True, exist_ok=True)
+        rates = []
+        for i, comp in enumerate(compressors):
+            rel = f"compressor/rate{i}.safetensors"
+            save_file(compressor_state(comp), str(d / rel))
+            rates.append(rel)
+        import dataclasses
+        cfg = dataclasses.replace(cfg, rates=tuple(rates))
+        cfg.save(d)
+        return cfg
