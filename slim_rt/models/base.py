@@ -138,4 +138,4 @@ def load_base(source: str | Path, *, local_files_only: bool = False, device="cpu
     for m in (base.vae, base.unet, base.text_encoder):
         if m is not None:
             m.requires_grad_(False).eval()
-    return base.to(device, dtype)
+    return base.to(device)

@@ -1,0 +1,164 @@
+"""The public Python API: `Encoder`, `Decoder`, `inspect`.
+
+    enc = slim_rt.Encoder.from_pretrained("slim-tiny", rate=0)
+    data = enc.encode(image)                 # bytes of a .slim file
+    dec = slim_rt.Decoder.from_pretrained("slim-tiny")
+    img = dec.decode(data)                   # PIL.Image
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+
+from slim_rt import bitstream as bsf
+from slim_rt.captions import Captioner, ClassifierCaptioner
+from slim_rt.images import to_pil, to_tensor
+from slim_rt.models.slim import SlimModel
+from slim_rt.pipeline import Pipeline
+
+DEFAULT_MODEL = "slim-tiny"
+BACKENDS = ("torch", "torch.compile")
+
+
+def _make_pipeline(name_or_path, device, backend, dtype, local_files_only, need_unet=True,
+                   impl="auto") -> Pipeline:
+    from slim_rt.backends.torch_backend import torch_stages
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} for from_pretrained "
+                         "(exported engines load with from_engines)")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+    dtype = dtype or torch.float32
+    model = SlimModel.from_pretrained(name_or_path, device=device, dtype=dtype,
+                                      local_files_only=local_files_only, need_unet=need_unet)
+    return Pipeline(model, torch_stages(model, compile=backend == "torch.compile"), device, impl, dtype)
+
+
+class Encoder:
+    def __init__(self, pipeline: Pipeline, rate: int = 0, captioner: Captioner | None = None,
+                 steps: int | None = None):
+        pipeline._check_rate(rate)
+        self.pipeline = pipeline
+        self.rate = rate
+        self._captioner = captioner
+        self.steps = pipeline.model.config.enhance.steps if steps is None else steps
+        if "unet" not in pipeline.stages:
+            self.steps = 0
+        pipeline._check_steps(self.steps)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, *, rate: int = 0, device="cpu",
+                        backend: str = "torch", captioner: Captioner | None = None, steps: int | None = None,
+                        dtype: torch.dtype | None = None, local_files_only: bool = False) -> "Encoder":
+        return cls(_make_pipeline(name_or_path, device, backend, dtype, local_files_only), rate, captioner, steps)
+
+    @property
+    def model(self) -> SlimModel:
+        return self.pipeline.model
+
+    @property
+    def captioner(self) -> Captioner:
+        if self._captioner is None:  # loaded once, on first need
+            self._captioner = ClassifierCaptioner(template=self.model.config.caption_template,
+                                                  device=self.pipeline.device)
+        return self._captioner
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Per-stage milliseconds of the last call."""
+        return dict(self.pipeline.timings)
+
+    def encode(self, image, caption: str | None = None, *, rate: int | None = None) -> bytes:
+        """Image (PIL, ndarray, CHW tensor or path) -> .slim bytes. caption=None: auto caption;
+        caption="" stores no caption."""
+        return self.encode_batch([image], None if caption is None else [caption], rate=rate)[0]
+
+    def encode_batch(self, images: list, captions: list[str | None] | None = None, *,
+                     rate: int | None = None) -> list[bytes]:
+        rate = self.rate if rate is None else rate
+        tensors = [to_tensor(im) for im in images]
+        if captions is not None and len(captions) != len(tensors):
+            raise ValueError(f"{len(captions)} captions for {len(tensors)} images")
+        caps: list[str | None] = list(captions) if captions is not None else [None] * len(tensors)
+        need = [i for i, c in enumerate(caps) if c is None]
+        for i in need:  # per image: images may differ in size
+            caps[i] = self.captioner(tensors[i][None].to(self.pipeline.device))[0]
+        out: list[bytes | None] = [None] * len(tensors)
+        timings: dict[str, float] = {}
+        groups = defaultdict(list)
+        for i, t in enumerate(tensors):
+            groups[tuple(t.shape)].append(i)
+        for idx in groups.values():
+            batch = torch.stack([tensors[i] for i in idx])
+            for i, data in zip(idx, self.pipeline.encode(batch, [caps[i] for i in idx], rate, self.steps)):
+                out[i] = data
+            for k, v in self.pipeline.timings.items():
+                timings[k] = timings.get(k, 0.0) + v
+        self.pipeline.timings = timings
+        return out  # type: ignore[return-value]
+
+
+class Decoder:
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, *, device="cpu", backend: str = "torch",
+                        dtype: torch.dtype | None = None, local_files_only: bool = False) -> "Decoder":
+        return cls(_make_pipeline(name_or_path, device, backend, dtype, local_files_only))
+
+    @property
+    def model(self) -> SlimModel:
+        return self.pipeline.model
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Per-stage milliseconds of the last call."""
+        return dict(self.pipeline.timings)
+
+    def decode(self, data: bytes, steps: int | None = None, output: str = "pil"):
+        """.slim bytes -> PIL.Image (output="tensor": float [3,H,W] in [0,1])."""
+        return self.decode_batch([data], steps=steps, output=output)[0]
+
+    def decode_batch(self, datas: list[bytes], steps: int | None = None, output: str = "pil") -> list:
+        if output not in ("pil", "tensor"):
+            raise ValueError(f"output must be 'pil' or 'tensor', got {output!r}")
+        streams = [self.pipeline.parse(d) for d in datas]  # validates everything before any work
+        out: list = [None] * len(streams)
+        groups = defaultdict(list)
+        for i, s in enumerate(streams):
+            k = s.header.steps if steps is None else steps
+            groups[(s.header.width, s.header.height, s.header.rate, k)].append(i)
+        timings: dict[str, float] = {}
+        for (_, _, _, k), idx in groups.items():
+            imgs = self.pipeline.decode([streams[i] for i in idx], steps=k)
+            for i, im in zip(idx, imgs):
+                out[i] = to_pil(im) if output == "pil" else im.cpu()
+            for name, v in self.pipeline.timings.items():
+                timings[name] = timings.get(name, 0.0) + v
+        self.pipeline.timings = timings
+        return out
+
+    def warmup(self, size: tuple[int, int] = (256, 256), steps: int | None = None) -> None:
+        """Run one encode+decode at `size` (H, W) so first-call costs are paid up front."""
+        enc = Encoder(self.pipeline, 0, captioner=None, steps=steps)
+        img = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
+        self.decode(enc.encode(img, caption=""), output="tensor")
+
+
+def inspect(data: bytes) -> dict:
+    """Header fields of a .slim bitstream (validated; no model needed)."""
+    bs = bsf.parse(data)
+    h = bs.header
+    n = len(data)
+    return {
+        "width": h.width, "height": h.height, "rate": h.rate, "steps": h.steps, "caption": h.caption,
+        "fingerprint": h.fingerprint.hex(), "version": h.version,
+        "bytes": {"total": n, "z": len(bs.z), "y": len(bs.y), "caption": len(h.caption.encode()),
+                  "header": n - len(bs.z) - len(bs.y) - len(h.caption.encode())},
+        "bpp": 8 * n / (h.width * h.height),
+    }

@@ -1,0 +1,146 @@
+"""Encode and decode through named stages (any backend) and the exact entropy path.
+
+encode: image -> vae_encoder -> latent -> latent_analysis -> y -> hyper_analysis -> z
+        -> [exact] z symbols, rANS(z) -> hyper_synthesis(z_hat) -> means
+        -> [exact] integer scale net -> indexes; quantize y -> rANS(y) -> .slim
+decode: .slim -> [exact] z symbols -> hyper_synthesis -> means; indexes -> rANS^-1(y) -> y_hat
+        -> latent_synthesis -> latent_hat -> K enhancement steps (unet, caption context)
+        -> vae_decoder -> image
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+from slim_rt import bitstream as bsf
+from slim_rt.backends import Stage, stage_key
+from slim_rt.errors import BitstreamError, ModelMismatchError
+from slim_rt.images import pad_to_multiple
+from slim_rt.models.slim import SlimModel
+from slim_rt.sampler import FewStepSampler, alphas_cumprod_from_config
+
+
+class Pipeline:
+    def __init__(self, model: SlimModel, stages: dict[str, Stage], device="cpu", impl: str = "auto",
+                 dtype: torch.dtype = torch.float32):
+        self.model = model
+        self.stages = stages
+        self.device = torch.device(device)
+        self.impl = impl
+        self.dtype = dtype
+        sched = model.base.scheduler_config
+        self.sampler = FewStepSampler(alphas_cumprod_from_config(sched), model.config.enhance.t0,
+                                      sched.get("prediction_type", "epsilon"))
+        self.timings: dict[str, float] = {}
+        self._contexts: OrderedDict[str, Tensor] = OrderedDict()
+
+    # -- helpers -----------------------------------------------------------------------------
+    @contextmanager
+    def _timed(self, name: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - t) * 1e3
+
+    def _run(self, name: str, rate: int | None = None, **inputs: Tensor) -> Tensor:
+        key = stage_key(name, rate)
+        if key not in self.stages:
+            raise ValueError(f"this model/backend has no stage {key!r}")
+        with self._timed(name):
+            out = self.stages[key](**inputs)
+        return next(iter(out.values()))
+
+    def _check_rate(self, rate: int) -> None:
+        if not 0 <= rate < self.model.num_rates:
+            raise ValueError(f"rate must be in [0, {self.model.num_rates - 1}] for this model, got {rate}")
+
+    def _check_steps(self, steps: int) -> None:
+        if not 0 <= steps <= bsf.MAX_STEPS:
+            raise ValueError(f"steps must be in [0, {bsf.MAX_STEPS}], got {steps}")
+        if steps and "unet" not in self.stages:
+            raise ValueError("this model has no enhancement UNet/text encoder: use steps=0")
+
+    def context(self, captions: list[str]) -> Tensor:
+        """Caption -> cross-attention context, cached per caption (decode reuses it)."""
+        missing = [c for c in dict.fromkeys(captions) if c not in self._contexts]
+        if missing:
+            tok = self.model.base.tokenizer(missing, padding="max_length", truncation=True,
+                                            max_length=min(self.model.base.tokenizer.model_max_length, 77),
+                                            return_tensors="pt")
+            ctx = self._run("text_encoder", input_ids=tok["input_ids"].to(self.device),
+                            attention_mask=tok["attention_mask"].to(self.device))
+            for c, t in zip(missing, ctx):
+                self._contexts[c] = t
+                if len(self._contexts) > 256:
+                    self._contexts.popitem(last=False)
+        return torch.stack([self._contexts[c] for c in captions])
+
+    # -- encode ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, images: Tensor, captions: list[str], rate: int, steps: int) -> list[bytes]:
+        """images [B,3,H,W] in [0,1] (one size) -> one .slim bytes object per image."""
+        self._check_rate(rate)
+        self._check_steps(steps)
+        self.timings = {}
+        B, _, H, W = images.shape
+        cap_bytes = [c.encode("utf-8") for c in captions]
+        limit = self.model.config.max_caption_bytes
+        if any(len(c) > limit for c in cap_bytes):
+            raise ValueError(f"caption longer than {limit} UTF-8 bytes")
+        x = pad_to_multiple(images.to(self.device, self.dtype) * 2 - 1, self.model.pixel_multiple)
+        latent = self._run("vae_encoder", image=x).float()
+        y = self._run("latent_analysis", rate, latent=latent).float()
+        z = self._run("hyper_analysis", rate, y=y).float()
+        comp = self.model.compressors[rate]
+        with self._timed("entropy_encode"):
+            out = comp.compress_with(
+                y, z, lambda z_hat: self._run("hyper_synthesis", rate, z_hat=z_hat).float(), impl=self.impl)
+        zs, ys = out["strings"]
+        header = lambda i: bsf.Header(W, H, rate, steps, captions[i], self.model.fingerprint)  # noqa: E731
+        return [bsf.pack(bsf.Bitstream(header(i), zs[i], ys[i])) for i in range(B)]
+
+    # -- decode ------------------------------------------------------------------------------
+    def parse(self, data: bytes) -> bsf.Bitstream:
+        bs = bsf.parse(data)
+        if bs.header.fingerprint != self.model.fingerprint:
+            raise ModelMismatchError(
+                f"bitstream was written by model {bs.header.fingerprint.hex()}, this decoder is "
+                f"{self.model.fingerprint.hex()} ({self.model.config.name})")
+        if bs.header.rate >= self.model.num_rates:
+            raise BitstreamError(f"corrupt bitstream: rate {bs.header.rate} not in this model")
+        return bs
+
+    @torch.inference_mode()
+    def decode(self, streams: list[bsf.Bitstream], steps: int | None = None) -> Tensor:
+        """Bitstreams of one size and rate -> images [B,3,H,W] in [0,1]."""
+        self.timings = {}
+        h0 = streams[0].header
+        if any((s.header.width, s.header.height, s.header.rate) != (h0.width, h0.height, h0.rate)
+               for s in streams):
+            raise ValueError("decode() needs bitstreams of one size and rate (decode_batch groups them)")
+        k = h0.steps if steps is None else steps
+        self._check_steps(k)
+        m = self.model.pixel_multiple
+        Hp, Wp = -(-h0.height // m) * m, -(-h0.width // m) * m
+        z_shape = (Hp // m, Wp // m)
+        comp = self.model.compressors[h0.rate]
+        with self._timed("entropy_decode"):
+            y_hat = comp.decompress_with(
+                [[s.z for s in streams], [s.y for s in streams]], z_shape,
+                lambda z_hat: self._run("hyper_synthesis", h0.rate, z_hat=z_hat).float(),
+                device=self.device, impl=self.impl)
+        latent = self._run("latent_synthesis", h0.rate, y_hat=y_hat).float()
+        if k:
+            ctx = self.context([s.header.caption for s in streams])
+            unet = lambda x, t, c: self._run("unet", sample=x.to(self.dtype), timestep=t,  # noqa: E731
+                                             context=c.to(self.dtype)).float()
+            latent = self.sampler.run(unet, latent, ctx, k)
+        img = self._run("vae_decoder", latent=latent.to(self.dtype)).float()
+        return ((img[:, :, :h0.height, :h0.width] + 1) / 2).clamp(0, 1)
