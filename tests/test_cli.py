@@ -1,0 +1,66 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from slim_rt.cli import main
+
+
+@pytest.fixture()
+def imgs(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i, (h, w) in enumerate([(64, 64), (70, 90)]):
+        Image.fromarray((np.random.rand(h, w, 3) * 255).astype(np.uint8)).save(d / f"im{i}.png")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_compress_decompress_info(tiny_dir, imgs, tmp_path, capsys):
+    m = ["--model", str(tiny_dir)]
+    out = tmp_path / "a.slim"
+    assert main(["compress", str(imgs / "im1.png"), "-o", str(out), "--caption", "a cat", *m]) == 0
+    assert main(["info", str(out)]) == 0
+    assert "a cat" in capsys.readouterr().out
+    png = tmp_path / "a.png"
+    assert main(["decompress", str(out), "-o", str(png), *m]) == 0
+    assert Image.open(png).size == (90, 70)
+    # existing output is not clobbered
+    assert main(["decompress", str(out), "-o", str(png), *m]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_folder_mode(tiny_dir, imgs, tmp_path):
+    m = ["--model", str(tiny_dir)]
+    assert main(["compress", str(imgs), "-o", str(tmp_path / "s"), "--caption", "", *m]) == 0
+    files = sorted((tmp_path / "s").glob("*.slim"))
+    assert [f.name for f in files] == ["im0.slim", "im1.slim"]
+    assert main(["decompress", str(tmp_path / "s"), "-o", str(tmp_path / "p"), *m]) == 0
+    assert len(list((tmp_path / "p").glob("*.png"))) == 2
+
+
+def test_bad_inputs_one_line_errors(tiny_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.slim"
+    bad.write_bytes(b"SLIM garbage that is long enough to have a header")
+    notimg = tmp_path / "x.png"
+    notimg.write_text("hello")
+    m = ["--model", str(tiny_dir)]
+    for argv in (["decompress", str(bad), "-o", str(tmp_path / "o.png"), *m],
+                 ["info", str(bad)],
+                 ["compress", str(notimg), "-o", str(tmp_path / "o.slim"), *m],
+                 ["compress", str(tmp_path / "missing.png"), *m],
+                 ["compress", str(notimg), "--model", str(tmp_path / "nomodel")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("slim-rt: error:") and err.count("\n") == 1, err
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "o.slim").exists()
+
+
+def test_no_traceback_subprocess(tmp_path):
+    bad = tmp_path / "bad.slim"
+    bad.write_bytes(b"\x00" * 10)
+    r = subprocess.run([sys.executable, "-m", "slim_rt.cli", "info", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "not a .slim" in r.stderr
