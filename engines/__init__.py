@@ -1,0 +1,1 @@
+"""slim_rt.engines (see issue 4)."""

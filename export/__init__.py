@@ -1,0 +1,1 @@
+"""slim_rt.export (see issue 4)."""
