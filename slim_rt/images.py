@@ -28,7 +28,7 @@ def _check_size(w: int, h: int) -> None:
                          f"{MAX_PIXELS // 1_000_000} MP")
 
 
-def open_image(path: str | Path) -> Image.Image:
+def open_image(path: str | Path, check_size: bool = True) -> Image.Image:
     """Open an image file with decompression-bomb protection; errors are one-line ValueErrors."""
     p = Path(path)
     if not p.is_file():
@@ -37,7 +37,10 @@ def open_image(path: str | Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(p)
-            _check_size(*img.size)
+            if check_size:
+                _check_size(*img.size)
+            elif img.width * img.height > MAX_PIXELS:
+                raise ValueError(f"{path}: image too large")
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValueError(f"{path}: image too large (decompression bomb protection)") from None
@@ -64,12 +67,14 @@ def _pil_to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
 
 
-def to_tensor(image) -> Tensor:
-    """-> float32 [3, H, W] in [0, 1]. Raises ValueError for unsupported or badly sized input."""
+def to_tensor(image, check_size: bool = True) -> Tensor:
+    """-> float32 [3, H, W] in [0, 1]. Raises ValueError for unsupported or badly sized input
+    (`check_size=False` lifts the codec's minimum size, e.g. for training data)."""
     if isinstance(image, (str, Path)):
-        image = open_image(image)
+        image = open_image(image, check_size)
     if isinstance(image, Image.Image):
-        _check_size(*image.size)
+        if check_size:
+            _check_size(*image.size)
         a = np.asarray(_pil_to_rgb(image), dtype=np.uint8)
         return torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255.0
     if isinstance(image, np.ndarray):

@@ -41,7 +41,7 @@ class ImageFolder(Dataset):
         self.files = list_images(folder)
         labels = read_labels(folder)
         self.crop, self.train = crop, train
-        self.images = [TF.resize(to_tensor(open_image(f)), resize, antialias=True) for f in self.files]
+        self.images = [TF.resize(to_tensor(open_image(f, check_size=False), check_size=False), resize, antialias=True) for f in self.files]
         self.labels = [int(labels[f.name]["class_index"]) if f.name in labels else -1 for f in self.files]
         self.captions = [template.format(labels[f.name]["class_name"]) if f.name in labels else ""
                          for f in self.files]
