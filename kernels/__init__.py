@@ -31,7 +31,7 @@ def _triton_ok(*tensors: Tensor | None) -> bool:
     ts = [t for t in tensors if t is not None]
     return (
         all(t.is_cuda for t in ts)
-        and str(ts[0].dtype) in _FLOAT_DTYPES + ("torch.int32",)
+        and all(str(t.dtype) in _FLOAT_DTYPES + ("torch.int32",) for t in ts)  # every input, not just the first
         and ts[0].numel() >= _MIN_TRITON_NUMEL
         and triton_available()
     )

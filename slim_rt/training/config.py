@@ -41,7 +41,7 @@ PRESETS: dict[str, TrainConfig] = {
     "smoke-compressor": TrainConfig("compressor", steps=3, batch_size=2, crop=64, resize=72,
                                     compressor_preset="test", lambdas=(0.5, 2.0), ckpt_every=2, log_every=1,
                                     roi="gradcam"),
-    "tiny-vae": TrainConfig("base-vae", steps=6000, batch_size=8, crop=128, lr=5e-4),
+    "tiny-vae": TrainConfig("base-vae", steps=3000, batch_size=8, crop=128, lr=1e-3, vae_channels=(16, 32, 64, 64)),
     "tiny-unet": TrainConfig("base-unet", steps=6000, batch_size=16, crop=128, lr=2e-4),
     "tiny-compressor": TrainConfig("compressor", steps=3000, batch_size=8, crop=256, resize=256, lr=1e-3,
                                    compressor_preset="tiny", lambdas=(0.25, 1.0, 4.0)),

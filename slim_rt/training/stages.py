@@ -33,8 +33,8 @@ def _frozen_classifier():
 
 
 def _features(clf, x01: torch.Tensor) -> torch.Tensor:
-    """Mid-level features of the frozen classifier on [0,1] images (perceptual term)."""
-    x = (F.interpolate(x01, size=(224, 224), mode="bilinear", align_corners=False) - 0.498) / 0.502
+    """Mid-level features of the frozen classifier on [0,1] images at their own resolution."""
+    x = (x01 - 0.498) / 0.502
     x = clf._swish(clf._bn0(clf._conv_stem(x)))
     for i, block in enumerate(clf._blocks[:8]):
         x = block(x)
