@@ -20,6 +20,7 @@ from slim_rt.pipeline import Pipeline
 
 DEFAULT_MODEL = "slim-tiny"
 BACKENDS = ("torch", "torch.compile")
+ENGINE_BACKENDS = ("ort", "trt")
 
 
 def _make_pipeline(name_or_path, device, backend, dtype, local_files_only, need_unet=True,
@@ -36,6 +37,52 @@ def _make_pipeline(name_or_path, device, backend, dtype, local_files_only, need_
     model = SlimModel.from_pretrained(name_or_path, device=device, dtype=dtype,
                                       local_files_only=local_files_only, need_unet=need_unet)
     return Pipeline(model, torch_stages(model, compile=backend == "torch.compile"), device, impl, dtype)
+
+
+def _make_engine_pipeline(export_dir, backend, device, stages=None, overrides=None, verify=True,
+                          providers=None, impl="auto") -> Pipeline:
+    """An exported directory (`slim-rt export`) -> Pipeline on ONNX Runtime or TensorRT stages.
+
+    overrides: {stage key: "ort" | "trt" | "torch"} ("torch" only for compressor stages: the export
+    keeps their weights, not the base's); stages: {stage key: Stage} replaces stages outright."""
+    from slim_rt.backends import FnStage
+    from slim_rt.export.manifest import load_exported_model, read_manifest
+
+    if backend not in ENGINE_BACKENDS:
+        raise ValueError(f"backend must be one of {ENGINE_BACKENDS} for from_engines")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+    manifest = read_manifest(export_dir)
+    model = load_exported_model(export_dir, manifest)
+    for c in model.compressors:
+        c.to(device)
+    stages, overrides = dict(stages or {}), dict(overrides or {})
+    for key, kind in overrides.items():
+        if key not in manifest["stages"] and key not in stages:
+            raise ValueError(f"override for unknown stage {key!r}")
+        if kind not in ("ort", "trt", "torch"):
+            raise ValueError(f"override {key!r}: backend must be 'ort', 'trt' or 'torch', got {kind!r}")
+    wanted = {k: overrides.get(k, backend) for k in manifest["stages"] if k not in stages}
+    built: dict = {}
+    ort_keys = [k for k, b in wanted.items() if b == "ort"]
+    if ort_keys:
+        from slim_rt.backends.ort_backend import ort_stages
+        built.update(ort_stages(export_dir, manifest, device, providers, ort_keys, verify))
+    trt_keys = [k for k, b in wanted.items() if b == "trt"]
+    if trt_keys:
+        from slim_rt.engines import trt_stages
+        built.update(trt_stages(export_dir, manifest, device, trt_keys))
+    nets = {"latent_analysis": "g_a", "hyper_analysis": "h_a", "hyper_synthesis": "h_s_mean",
+            "latent_synthesis": "g_s"}
+    for k in (k for k, b in wanted.items() if b == "torch"):
+        name, _, r = k.partition("/r")
+        if name not in nets:
+            raise ValueError(f"stage {k!r} cannot run on 'torch' from an export (no PyTorch base weights "
+                             "in it): pass a callable with stages={...}")
+        built[k] = FnStage(k, getattr(model.compressors[int(r)], nets[name]))
+    built.update(stages)
+    return Pipeline(model, built, device, impl, torch.float32)
 
 
 class Encoder:
@@ -55,6 +102,15 @@ class Encoder:
                         backend: str = "torch", captioner: Captioner | None = None, steps: int | None = None,
                         dtype: torch.dtype | None = None, local_files_only: bool = False) -> "Encoder":
         return cls(_make_pipeline(name_or_path, device, backend, dtype, local_files_only), rate, captioner, steps)
+
+    @classmethod
+    def from_engines(cls, export_dir, backend: str = "ort", *, rate: int = 0, device="cpu",
+                     captioner: Captioner | None = None, steps: int | None = None, stages: dict | None = None,
+                     overrides: dict | None = None, verify: bool = True, providers: list | None = None) -> "Encoder":
+        """An Encoder on an exported directory (`slim-rt export`): backend "ort" or "trt"; per-stage
+        `overrides={"unet": "torch"|"ort"|"trt"}` or `stages={key: callable}`."""
+        return cls(_make_engine_pipeline(export_dir, backend, device, stages, overrides, verify, providers),
+                   rate, captioner, steps)
 
     @property
     def model(self) -> SlimModel:
@@ -110,6 +166,13 @@ class Decoder:
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, *, device="cpu", backend: str = "torch",
                         dtype: torch.dtype | None = None, local_files_only: bool = False) -> "Decoder":
         return cls(_make_pipeline(name_or_path, device, backend, dtype, local_files_only))
+
+    @classmethod
+    def from_engines(cls, export_dir, backend: str = "ort", *, device="cpu", stages: dict | None = None,
+                     overrides: dict | None = None, verify: bool = True, providers: list | None = None) -> "Decoder":
+        """A Decoder on an exported directory alone (no original model dir needed); its fingerprint is
+        the exporting model's, so it decodes that model's bitstreams."""
+        return cls(_make_engine_pipeline(export_dir, backend, device, stages, overrides, verify, providers))
 
     @property
     def model(self) -> SlimModel:

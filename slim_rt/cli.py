@@ -207,6 +207,77 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from slim_rt.export.manifest import MANIFEST_NAME
+    if args.trt:
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            raise CliError("--trt needs TensorRT: `import tensorrt` failed (pip install 'slim-rt[gpu]')") from None
+    try:
+        from slim_rt.export.onnx_export import ExportError, export_model
+    except ImportError as e:
+        raise CliError(f"export needs onnx and onnxruntime ({e}): pip install 'slim-rt[export]'") from None
+    try:
+        export_model(_model(args), args.out, precision=args.precision, opset=args.opset, size=tuple(args.size),
+                     batch=args.batch, min_size=tuple(args.min_size) if args.min_size else None,
+                     max_size=tuple(args.max_size) if args.max_size else None, stages=args.stages,
+                     check=not args.no_check)
+    except ExportError as e:
+        raise CliError(f"export failed: {e}") from None
+    if args.trt:
+        from slim_rt.engines import build_engines
+        build_engines(args.out, timing_cache=args.timing_cache)
+    print(f"exported {args.out} ({Path(args.out) / MANIFEST_NAME})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import importlib.util
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.what}.py"
+    if not script.is_file():
+        raise CliError(f"bench needs a source checkout of slim-rt ({script} not found)")
+    spec = importlib.util.spec_from_file_location(f"slim_rt_bench_{args.what}", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(args.rest)
+
+
+def _add_deploy_commands(sub) -> None:
+    """`slim-rt export` and `slim-rt bench` (issue 4)."""
+    p = sub.add_parser("export", help="export a model to ONNX (+ TensorRT engines) for deployment")
+    p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
+    p.add_argument("--out", required=True, help="output directory (self-contained for decoding)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
+                   help="optimal image size (default 256 256)")
+    p.add_argument("--min-size", type=int, nargs=2, metavar=("H", "W"), help="smallest size (default: 64 64)")
+    p.add_argument("--max-size", type=int, nargs=2, metavar=("H", "W"), help="largest size (default: --size)")
+    p.add_argument("--batch", type=int, default=1, help="optimal and largest batch (default 1)")
+    p.add_argument("--stages", nargs="+", help="export only these stage keys (default: all)")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.add_argument("--trt", action="store_true", help="also build TensorRT engines (needs tensorrt + a GPU)")
+    p.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
+    p.set_defaults(fn=cmd_export)
+    p = sub.add_parser("bench", help="benchmarks (from a source checkout): bench latency [--help]")
+    p.add_argument("what", choices=["latency"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
+    p.set_defaults(fn=cmd_bench)
+
+
+def cmd_eval(args) -> int:
+    import importlib.util
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "eval.py"
+    if not script.is_file():
+        raise CliError(f"eval needs a source checkout of slim-rt ({script} not found)")
+    spec = importlib.util.spec_from_file_location("slim_rt_bench_eval", script)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod.run_from_args(args)
+
+
 def _common(p: argparse.ArgumentParser, enc: bool) -> None:
     p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
@@ -252,6 +323,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="slim-custom", help="model name written to slim_config.json")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset option")
     p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("eval", help="rate vs classifier accuracy: SLIM vs JPEG/WebP/AVIF (docs/eval.md)")
+    p.add_argument("--data", required=True, help="image folder with labels.csv")
+    p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
+    p.add_argument("--out-dir", help="results folder (default: benchmarks/results)")
+    p.add_argument("--limit", type=int, help="first N images only")
+    p.add_argument("--steps", nargs="+", help="enhancement steps K to evaluate, e.g. 0 1 or 0,1 (default: the model's)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--codecs", default="slim,jpeg,webp,avif", help="comma list (default: slim,jpeg,webp,avif)")
+    p.add_argument("--caption-mode", default="auto", choices=["auto", "none", "label", "wrong"])
+    p.add_argument("--quality", action="append", metavar="CODEC=Q,Q", help="override a baseline's quality grid")
+    p.add_argument("--baseline-scales", nargs="+", default=["1"], help="also code baselines downscaled by s, e.g. 1 0.5")
+    p.add_argument("--batch", type=int, default=16, help="SLIM encode/decode batch (default 16)")
+    p.add_argument("--tag", help="suffix for the output file names")
+    p.set_defaults(fn=cmd_eval)
+    _add_deploy_commands(sub)
     return ap
 
 

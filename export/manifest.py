@@ -1,0 +1,126 @@
+"""The exported-model directory ("engines dir") and loading it without the PyTorch base weights.
+
+Layout written by `slim-rt export` (see onnx_export.py):
+    manifest.json                  versions, opset, precision, profile, content hash, fingerprint,
+                                   per-stage files, sha256 and ORT-vs-torch parity errors
+    slim_config.json               the model's config, unchanged (it is part of the fingerprint)
+    compressor/rate{i}.safetensors entropy tables + integer scale network (+ float nets)
+    tokenizer/  scheduler/scheduler_config.json
+    onnx/<stage>.onnx [.data]      one ONNX file per stage (external data for >2 GB models)
+    trt/                           TensorRT engines (slim_rt.engines), when built
+
+Only torch/safetensors are needed here (no onnx): runtimes import this module.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from slim_rt.config import CONFIG_NAME, SlimConfig
+from slim_rt.errors import ModelLoadError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "slim-rt-export/1"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def read_manifest(root: str | Path) -> dict:
+    root = Path(root)
+    p = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise ModelLoadError(f"no exported model directory at {str(root)!r}")
+    if not p.is_file():
+        raise ModelLoadError(f"{root} has no {MANIFEST_NAME}: not an exported model directory "
+                             "(create one with `slim-rt export`)")
+    try:
+        m = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{p}: unreadable manifest ({e})") from None
+    if m.get("format") != FORMAT:
+        raise ModelLoadError(f"{p}: unsupported export format {m.get('format')!r} (expected {FORMAT!r})")
+    return m
+
+
+def stage_files(root: Path, manifest: dict, key: str, verify: bool = True) -> Path:
+    """Path of a stage's ONNX file after checking it (and its external data) exist and match."""
+    info = manifest.get("stages", {}).get(key)
+    if info is None:
+        raise ModelLoadError(f"{root}: the export has no stage {key!r}")
+    for rel, digest in info["files"].items():
+        f = root / rel
+        if not f.is_file():
+            raise ModelLoadError(f"{root}: stage {key!r}: missing file {rel}")
+        if verify and sha256_file(f) != digest:
+            raise ModelLoadError(f"{root}: stage {key!r}: {rel} is corrupt (sha256 differs from the manifest)")
+    return root / info["onnx"]
+
+
+@dataclass
+class ExportedBase:
+    """Stand-in for models.base.BaseModel: what the pipeline needs when the base runs exported."""
+    tokenizer: object | None
+    scheduler_config: dict
+    base_configs: dict
+    source: str
+    unet: object | None = None
+    text_encoder: object | None = None
+    vae: object | None = None
+
+    def configs(self) -> dict:
+        return self.base_configs
+
+
+def load_exported_model(root: str | Path, manifest: dict | None = None):
+    """An exported dir -> SlimModel (config, compressors, tokenizer, scheduler; no base weights).
+
+    The fingerprint is recomputed from the copied config and compressors and the base configs kept in
+    the manifest, and must equal the exporting model's (else ModelLoadError)."""
+    from safetensors.torch import load_file
+
+    from slim_rt.models.slim import SlimModel, fingerprint, load_compressor
+
+    root = Path(root)
+    manifest = manifest or read_manifest(root)
+    try:
+        cfg = SlimConfig.load(root)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{root}: missing {CONFIG_NAME}") from None
+    except (ValueError, TypeError) as e:
+        raise ModelLoadError(f"bad {CONFIG_NAME} in {root}: {e}") from None
+    comps = []
+    for rel in cfg.rates:
+        f = root / rel
+        if not f.is_file():
+            raise ModelLoadError(f"{root}: missing compressor weights {rel}")
+        try:
+            comps.append(load_compressor(cfg.compressor, load_file(str(f))))
+        except Exception as e:
+            raise ModelLoadError(f"{f}: cannot load compressor weights ({str(e).splitlines()[0]})") from None
+    tokenizer = None
+    if (root / "tokenizer").is_dir():
+        from transformers import AutoTokenizer
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"), local_files_only=True)
+        except Exception as e:
+            raise ModelLoadError(f"{root}/tokenizer: cannot load ({str(e).splitlines()[0]})") from None
+    sched_file = root / "scheduler" / "scheduler_config.json"
+    sched = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
+    base = ExportedBase(tokenizer, sched, manifest["base_configs"], str(root))
+    fp = fingerprint(cfg, comps, manifest["base_configs"])
+    if fp != manifest["model"]["fingerprint"]:
+        raise ModelLoadError(f"{root}: the config/compressor files do not match the exported model "
+                             f"(fingerprint {fp[:8]} != {manifest['model']['fingerprint'][:8]})")
+    return SlimModel(cfg, base, comps, root, fp)
+
+
+__all__ = ["MANIFEST_NAME", "FORMAT", "read_manifest", "stage_files", "load_exported_model", "ExportedBase",
+           "sha256_file"]
