@@ -18,7 +18,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from slim_rt.config import CONFIG_NAME, SlimConfig
 from slim_rt.errors import ModelLoadError
 
 MANIFEST_NAME = "manifest.json"
@@ -84,27 +83,11 @@ def load_exported_model(root: str | Path, manifest: dict | None = None):
 
     The fingerprint is recomputed from the copied config and compressors and the base configs kept in
     the manifest, and must equal the exporting model's (else ModelLoadError)."""
-    from safetensors.torch import load_file
-
-    from slim_rt.models.slim import SlimModel, fingerprint, load_compressor
+    from slim_rt.models.slim import SlimModel, fingerprint, load_config_and_compressors
 
     root = Path(root)
     manifest = manifest or read_manifest(root)
-    try:
-        cfg = SlimConfig.load(root)
-    except FileNotFoundError:
-        raise ModelLoadError(f"{root}: missing {CONFIG_NAME}") from None
-    except (ValueError, TypeError) as e:
-        raise ModelLoadError(f"bad {CONFIG_NAME} in {root}: {e}") from None
-    comps = []
-    for rel in cfg.rates:
-        f = root / rel
-        if not f.is_file():
-            raise ModelLoadError(f"{root}: missing compressor weights {rel}")
-        try:
-            comps.append(load_compressor(cfg.compressor, load_file(str(f))))
-        except Exception as e:
-            raise ModelLoadError(f"{f}: cannot load compressor weights ({str(e).splitlines()[0]})") from None
+    cfg, comps = load_config_and_compressors(root)
     tokenizer = None
     if (root / "tokenizer").is_dir():
         from transformers import AutoTokenizer

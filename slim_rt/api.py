@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from torch import Tensor
 
 from slim_rt import bitstream as bsf
 from slim_rt.captions import Captioner, ClassifierCaptioner

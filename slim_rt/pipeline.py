@@ -36,18 +36,27 @@ class Pipeline:
         self.sampler = FewStepSampler(alphas_cumprod_from_config(sched), model.config.enhance.t0,
                                       sched.get("prediction_type", "epsilon"))
         self.timings: dict[str, float] = {}
+        self._children: list[float] = []
         self._contexts: OrderedDict[str, Tensor] = OrderedDict()
 
     # -- helpers -----------------------------------------------------------------------------
     @contextmanager
     def _timed(self, name: str):
+        """Exclusive wall time per stage name (a nested stage's time is not counted twice)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        self._children.append(0.0)
         t = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - t) * 1e3
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            dt = (time.perf_counter() - t) * 1e3
+            nested = self._children.pop()
+            if self._children:
+                self._children[-1] += dt
+            self.timings[name] = self.timings.get(name, 0.0) + dt - nested
 
     def _run(self, name: str, rate: int | None = None, **inputs: Tensor) -> Tensor:
         key = stage_key(name, rate)

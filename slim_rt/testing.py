@@ -6,7 +6,6 @@ back by `SlimModel.from_pretrained`.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -86,4 +85,4 @@ def tiny_random_cache_dir() -> Path:
     return root
 
 
-__all__ = ["build_tiny_base", "build_tiny_random", "tiny_random_cache_dir", "dataclasses"]
+__all__ = ["build_tiny_base", "build_tiny_random", "tiny_random_cache_dir"]

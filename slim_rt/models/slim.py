@@ -81,6 +81,28 @@ def fingerprint(cfg: SlimConfig, compressors: list[SlimCompressor], base_configs
     return h.hexdigest()
 
 
+def load_config_and_compressors(root: Path) -> tuple[SlimConfig, list[SlimCompressor]]:
+    """slim_config.json and every rate point's compressor of a model (or export) directory."""
+    try:
+        cfg = SlimConfig.load(root)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{root}: missing {CONFIG_NAME}") from None
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"bad {CONFIG_NAME} in {root}: {e}") from None
+    if not cfg.rates:
+        raise ModelLoadError(f"{root}: the config lists no compressor rate points")
+    comps = []
+    for rel in cfg.rates:
+        f = root / rel
+        if not f.is_file():
+            raise ModelLoadError(f"{root}: missing compressor weights {rel}")
+        try:
+            comps.append(load_compressor(cfg.compressor, load_file(str(f))))
+        except Exception as e:
+            raise ModelLoadError(f"{f}: cannot load compressor weights ({str(e).splitlines()[0]})") from None
+    return cfg, comps
+
+
 @dataclass
 class SlimModel:
     config: SlimConfig
@@ -106,21 +128,7 @@ class SlimModel:
                         local_files_only: bool = False, base: str | None = None,
                         need_unet: bool = True) -> "SlimModel":
         root = resolve(name_or_path)
-        try:
-            cfg = SlimConfig.load(root)
-        except (ValueError, TypeError, json.JSONDecodeError) as e:
-            raise ModelLoadError(f"bad {CONFIG_NAME} in {root}: {e}") from None
-        if not cfg.rates:
-            raise ModelLoadError(f"{root}: the config lists no compressor rate points")
-        comps = []
-        for rel in cfg.rates:
-            f = root / rel
-            if not f.is_file():
-                raise ModelLoadError(f"{root}: missing compressor weights {rel}")
-            try:
-                comps.append(load_compressor(cfg.compressor, load_file(str(f))))
-            except Exception as e:
-                raise ModelLoadError(f"{f}: cannot load compressor weights ({str(e).splitlines()[0]})") from None
+        cfg, comps = load_config_and_compressors(root)
         base_src = base or cfg.base
         base_path = root if base_src == "." else (root / base_src if (root / base_src).is_dir() else base_src)
         base_model = load_base(base_path, local_files_only=local_files_only, device=device, dtype=dtype,

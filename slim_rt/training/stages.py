@@ -10,13 +10,11 @@ compressor the SLIM compressor on the frozen base's latents, one per lambda:
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from slim_rt.config import COMPRESSOR_PRESETS, EnhanceConfig, SlimConfig
@@ -238,4 +236,4 @@ def assemble(out: Path, base: str | Path, cfg: TrainConfig, name: str) -> Path:
     return out
 
 
-__all__ = ["run", "assemble", "VaeStage", "UnetStage", "CompressorStage", "dataclasses", "shutil", "nn"]
+__all__ = ["run", "assemble", "VaeStage", "UnetStage", "CompressorStage"]
