@@ -37,10 +37,10 @@ class ImageFolder(Dataset):
     """
 
     def __init__(self, folder: str | Path, crop: int, resize: int, template: str = "a photo of a {}",
-                 train: bool = True):
+                 train: bool = True, align: int = 1):
         self.files = list_images(folder)
         labels = read_labels(folder)
-        self.crop, self.train = crop, train
+        self.crop, self.train, self.align = crop, train, align
         self.images = [TF.resize(to_tensor(open_image(f, check_size=False), check_size=False), resize, antialias=True) for f in self.files]
         self.labels = [int(labels[f.name]["class_index"]) if f.name in labels else -1 for f in self.files]
         self.captions = [template.format(labels[f.name]["class_name"]) if f.name in labels else ""
@@ -53,11 +53,12 @@ class ImageFolder(Dataset):
         img = self.images[i]
         _, H, W = img.shape
         c = self.crop
+        a = self.align  # crop offsets on a grid of `align` px (8: crops match latent pixels)
         if self.train:
-            top = int(torch.randint(0, H - c + 1, ()))
-            left = int(torch.randint(0, W - c + 1, ()))
+            top = int(torch.randint(0, (H - c) // a + 1, ())) * a
+            left = int(torch.randint(0, (W - c) // a + 1, ())) * a
         else:
-            top, left = (H - c) // 2, (W - c) // 2
+            top, left = (H - c) // 2 // a * a, (W - c) // 2 // a * a
         x = img[:, top:top + c, left:left + c]
         flip = self.train and bool(torch.rand(()) < 0.5)
         if flip:

@@ -140,12 +140,23 @@ class UnetStage(Stage):
 class CompressorStage(Stage):
     name = "compressor"
 
-    def __init__(self, cfg: TrainConfig, base_dir: str | Path, lmbda: float, masks, classifier=None):
+    def __init__(self, cfg: TrainConfig, base_dir: str | Path, lmbda: float, masks, dataset, classifier=None,
+                 latents: list | None = None):
         from slim_rt.models.base import load_base
         self.cfg, self.lmbda, self.masks = cfg, lmbda, masks
         self.base = load_base(base_dir, need_unet=False)
         self.comp = SlimCompressor(COMPRESSOR_PRESETS[cfg.compressor_preset])
         self.clf = classifier if cfg.task_weight > 0 else None
+        # the base is frozen: encode every (resized) image once; crops are cut in latent space
+        self.latents = latents if latents is not None else encode_dataset(self.base, dataset)
+
+    def _latent_batch(self, batch) -> torch.Tensor:
+        c = self.cfg.crop // 8
+        out = []
+        for i, (top, left, flip) in zip(batch["index"].tolist(), batch["crop"].tolist()):
+            lat = self.latents[i][:, top // 8:top // 8 + c, left // 8:left // 8 + c]
+            out.append(lat.flip(-1) if flip else lat)
+        return torch.stack(out)
 
     def modules(self):
         return {"comp": self.comp}
@@ -157,8 +168,7 @@ class CompressorStage(Stage):
 
     def loss(self, batch, step):
         x01 = batch["image"]
-        with torch.no_grad():
-            lat = self.base.encode_latent(x01 * 2 - 1)
+        lat = self._latent_batch(batch).to(x01.device)
         comp = getattr(self.comp, "module", self.comp)
         out = comp(lat)
         npix = x01.shape[0] * x01.shape[2] * x01.shape[3]
@@ -191,13 +201,20 @@ class CompressorStage(Stage):
         save_file(compressor_state(comp), str(out / "compressor.safetensors"))
 
 
+@torch.no_grad()
+def encode_dataset(base, dataset) -> list[torch.Tensor]:
+    """Latents [C, H/8, W/8] of every resized training image (frozen VAE, posterior mode)."""
+    from tqdm import tqdm
+    return [base.encode_latent(img[None] * 2 - 1)[0] for img in tqdm(dataset.images, desc="latents", leave=False)]
+
+
 def run(cfg: TrainConfig, data: str | Path, out: str | Path, base: str | Path | None = None,
         name: str = "slim-custom", progress: bool = True) -> dict:
     """Entry point of `slim-rt train`. Returns {stage: last log line}."""
     from slim_rt.training.data import ImageFolder
     out = Path(out)
     torch.manual_seed(cfg.seed)
-    ds = ImageFolder(data, cfg.crop, cfg.resize)
+    ds = ImageFolder(data, cfg.crop, cfg.resize, align=8 if cfg.stage == "compressor" else 1)
     if cfg.stage == "base-vae":
         return {"base-vae": train(VaeStage(cfg), ds, cfg, out, progress=progress)}
     if base is None:
@@ -209,10 +226,12 @@ def run(cfg: TrainConfig, data: str | Path, out: str | Path, base: str | Path | 
     from slim_rt.training.masks import MaskProvider
     masks = MaskProvider(cfg.roi, ds, cache_dir=out / "roi-cache")
     rates = range(len(cfg.lambdas)) if cfg.rate < 0 else [cfg.rate]
-    logs = {}
+    logs, latents = {}, None
     for r in rates:
         rdir = out / f"rate{r}"
-        logs[f"rate{r}"] = train(CompressorStage(cfg, base, cfg.lambdas[r], masks), ds, cfg, rdir, progress=progress)
+        stage = CompressorStage(cfg, base, cfg.lambdas[r], masks, ds, latents=latents)
+        latents = stage.latents
+        logs[f"rate{r}"] = train(stage, ds, cfg, rdir, progress=progress)
     assemble(out, base, cfg, name)
     return logs
 
