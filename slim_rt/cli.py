@@ -164,8 +164,11 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     model = _model(args)
     t = time.perf_counter()
-    enc = slim_rt.Encoder.from_pretrained(model, rate=args.rate, device=args.device, backend=args.backend,
+    enc = slim_rt.Encoder.from_pretrained(model, rate=0, device=args.device, backend=args.backend,
                                           steps=args.steps)
+    args.rate = enc.model.num_rates - 1 if args.rate is None else args.rate  # demo: best quality by default
+    enc.pipeline._check_rate(args.rate)
+    enc.rate = args.rate
     dec = slim_rt.Decoder(enc.pipeline)  # one loaded model serves both directions
     load_ms = (time.perf_counter() - t) * 1e3
     t = time.perf_counter()
@@ -313,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", nargs="?", help="an image (default: a cat photo bundled with scikit-image)")
     p.add_argument("--out", default="slim-demo", help="folder for the PNGs (default: ./slim-demo)")
     _common(p, True)
+    p.set_defaults(rate=None)  # demo default: the model's highest rate point
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("train", help="train a stage (resumes from OUT/checkpoint.pt)")
     p.add_argument("stage", choices=["base-vae", "base-unet", "compressor"])
