@@ -319,11 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(rate=None)  # demo default: the model's highest rate point
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("train", help="train a stage (resumes from OUT/checkpoint.pt)")
-    p.add_argument("stage", choices=["base-vae", "base-unet", "compressor"])
+    p.add_argument("stage", choices=["base-vae", "base-unet", "compressor", "enhancer"])
     p.add_argument("--data", required=True, help="image folder (+ optional labels.csv)")
     p.add_argument("--out", required=True, help="output folder (checkpoints, logs, weights)")
     p.add_argument("--preset", required=True, help="named config preset (e.g. tiny-vae, tiny-compressor)")
-    p.add_argument("--base", help="diffusers base directory (base-unet, compressor)")
+    p.add_argument("--base", help="diffusers base directory (base-unet, compressor); SLIM model (enhancer)")
     p.add_argument("--name", default="slim-custom", help="model name written to slim_config.json")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset option")
     p.set_defaults(fn=cmd_train)

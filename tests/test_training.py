@@ -52,6 +52,10 @@ def test_all_stages_train_resume_and_load(data, tmp_path):
                  "--preset", "smoke-compressor", "--set", "steps=4", "--set", "rate=0"]) == 0
     steps = [json.loads(line)["step"] for line in (comp / "rate0" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+    enh = tmp_path / "enh"
+    assert main(["train", "enhancer", "--data", str(data), "--out", str(enh), "--base", str(comp),
+                 "--preset", "smoke-enhancer"]) == 0
+    assert (enh / "base" / "unet" / "config.json").is_file() and (enh / "base" / "vae").is_dir()
     enc = slim_rt.Encoder.from_pretrained(str(comp), captioner=FixedCaptioner("a photo of a cat"))
     dec = slim_rt.Decoder(enc.pipeline)
     img = Image.fromarray((np.random.rand(64, 80, 3) * 255).astype(np.uint8))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class TrainConfig:
-    stage: str                          # "base-vae" | "base-unet" | "compressor"
+    stage: str                          # "base-vae" | "base-unet" | "compressor" | "enhancer"
     steps: int = 1000
     batch_size: int = 8
     crop: int = 128                     # random crop size (pixels)
@@ -41,6 +41,8 @@ PRESETS: dict[str, TrainConfig] = {
     "smoke-compressor": TrainConfig("compressor", steps=3, batch_size=2, crop=64, resize=72,
                                     compressor_preset="test", lambdas=(0.5, 2.0), ckpt_every=2, log_every=1,
                                     roi="gradcam"),
+    "smoke-enhancer": TrainConfig("enhancer", steps=3, batch_size=2, crop=64, resize=72, ckpt_every=2, log_every=1),
+    "tiny-enhancer": TrainConfig("enhancer", steps=1000, batch_size=8, crop=128, resize=144, lr=1e-4),
     "tiny-vae": TrainConfig("base-vae", steps=2500, batch_size=8, crop=128, resize=144, lr=1e-3,
                             vae_channels=(16, 32, 64, 64)),
     "tiny-unet": TrainConfig("base-unet", steps=2000, batch_size=16, crop=128, resize=144, lr=5e-4,
