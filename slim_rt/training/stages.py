@@ -221,6 +221,7 @@ class EnhancerStage(Stage):
         self.abar = float(alphas_cumprod_from_config(self.model.base.scheduler_config)[self.t0])
         self.latents = encode_dataset(self.model.base, dataset)
         self._ctx: dict[str, torch.Tensor] = {}
+        self.clf = _frozen_classifier() if cfg.task_weight > 0 else None
 
     def modules(self):
         return {"unet": self.unet}
@@ -260,8 +261,15 @@ class EnhancerStage(Stage):
         se = (x0 - x).pow(2)
         d_roi, d_bg = (m * se).mean(), ((1 - m) * se).mean()
         loss = d_roi + self.cfg.background_weight * d_bg
-        base_se = (x_hat - x).pow(2)
-        return loss, {"loss": loss.item(), "mse_roi": d_roi.item(), "mse_roi_k0": (m * base_se).mean().item()}
+        logs = {"mse_roi": d_roi.item(), "mse_roi_k0": (m * (x_hat - x).pow(2)).mean().item()}
+        labels = batch["label"]
+        if self.clf is not None and bool((labels >= 0).all()):
+            # machine term: the frozen classifier on the decoded pixels of the one-step estimate
+            img = ((self.model.base.decode_latent(x0) + 1) / 2).clamp(0, 1)
+            ce = F.cross_entropy(self.clf((img - 0.498) / 0.502), labels)
+            loss = loss + self.cfg.task_weight * ce
+            logs["ce"] = ce.item()
+        return loss, {"loss": loss.item(), **logs}
 
     def save(self, out: Path):
         base_root = Path(self.model.base.source)
