@@ -26,7 +26,8 @@ from slim_rt.errors import BitstreamError
 MAGIC = b"SLIM"
 VERSION = 1
 FINGERPRINT_BYTES = 4
-MAX_SIDE = 16384
+MAX_SIDE = 8192               # the same limits as the encoder's input (slim_rt.images)
+MAX_PIXELS = 40_000_000
 MAX_STEPS = 8
 _FIXED = struct.Struct(">4sB4sHHBB")  # magic, version, fingerprint, w, h, rate, steps
 
@@ -105,7 +106,7 @@ def parse(data: bytes) -> Bitstream:
         raise BitstreamError(f"unsupported .slim format version {version} (this reader knows {VERSION})")
     if zlib.crc32(body) != crc:
         raise BitstreamError("corrupt bitstream: CRC-32 mismatch (truncated or altered)")
-    if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
+    if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE and w * h <= MAX_PIXELS):
         raise BitstreamError(f"corrupt bitstream: image size {w}x{h} out of range")
     if steps > MAX_STEPS:
         raise BitstreamError(f"corrupt bitstream: enhancement steps {steps} > {MAX_STEPS}")
@@ -123,7 +124,8 @@ def parse(data: bytes) -> Bitstream:
     if pos + nz + ny != len(body):
         raise BitstreamError(f"corrupt bitstream: stream lengths ({nz}+{ny}) do not match the "
                              f"{len(body) - pos} payload bytes")
-    if nz == 0 or ny == 0:
-        raise BitstreamError("corrupt bitstream: empty entropy-coded stream")
+    for n, what in ((nz, "z"), (ny, "y")):  # rANS64 output: 32-bit words, at least the 8-byte flush
+        if n < 8 or n % 4:
+            raise BitstreamError(f"corrupt bitstream: {what} stream of {n} bytes is not a rANS stream")
     z, y = body[pos:pos + nz], body[pos + nz:]
     return Bitstream(Header(w, h, rate, steps, caption, fp, version), z, y)

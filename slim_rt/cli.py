@@ -39,8 +39,12 @@ def _write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
         raise CliError(f"{path} exists (use --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _save_image_atomic(path: Path, img, overwrite: bool) -> None:
@@ -62,7 +66,13 @@ def _pairs(inp: Path, out: Path | None, exts: set[str], new_suffix: str) -> list
             raise CliError("a folder input needs -o OUTPUT_FOLDER")
         if out.exists() and not out.is_dir():
             raise CliError(f"-o {out} must be a folder for a folder input")
-        return [(f, out / f.relative_to(inp).with_suffix(new_suffix)) for f in files]
+        pairs = [(f, out / f.relative_to(inp).with_suffix(new_suffix)) for f in files]
+        seen: dict[Path, Path] = {}
+        for src, dst in pairs:
+            if dst in seen:
+                raise CliError(f"{seen[dst].name} and {src.name} would both be written to {dst}")
+            seen[dst] = src
+        return pairs
     return [(inp, out if out is not None else inp.with_suffix(new_suffix))]
 
 
@@ -85,7 +95,7 @@ def cmd_compress(args) -> int:
     for src, dst in _progress(pairs, len(pairs) > 1):
         try:
             data = enc.encode(src, caption=args.caption)
-        except ValueError as e:
+        except (ValueError, OSError, RuntimeError) as e:
             if len(pairs) == 1:
                 raise
             print(f"slim-rt: skipped {src}: {e}", file=sys.stderr)
@@ -117,7 +127,7 @@ def cmd_decompress(args) -> int:
     for src, dst in _progress(pairs, len(pairs) > 1):
         try:
             img = dec.decode(src.read_bytes(), steps=args.steps)
-        except ValueError as e:
+        except (ValueError, OSError, RuntimeError) as e:
             if len(pairs) == 1:
                 raise ValueError(f"{src}: {e}") from None
             print(f"slim-rt: skipped {src}: {e}", file=sys.stderr)

@@ -16,8 +16,7 @@ from torch import Tensor
 
 MIN_SIDE = 64
 IMAGE_EXTS_LOWER = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".avif"}
-MAX_SIDE = 8192
-MAX_PIXELS = 40_000_000
+from slim_rt.bitstream import MAX_PIXELS, MAX_SIDE  # noqa: E402  (one set of limits for both ends)
 
 
 def _check_size(w: int, h: int) -> None:

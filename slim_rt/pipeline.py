@@ -107,6 +107,8 @@ class Pipeline:
         latent = self._run("vae_encoder", image=x).float()
         y = self._run("latent_analysis", rate, latent=latent).float()
         z = self._run("hyper_analysis", rate, y=y).float()
+        if not (torch.isfinite(y).all() and torch.isfinite(z).all()):  # e.g. an fp16 overflow
+            raise ValueError("the analysis produced non-finite values (try dtype=float32)")
         comp = self.model.compressors[rate]
         with self._timed("entropy_encode"):
             out = comp.compress_with(

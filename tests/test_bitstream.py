@@ -67,3 +67,20 @@ def test_inspect_fields(codec):
     b = info["bytes"]
     assert b["total"] == len(data) == b["header"] + b["caption"] + b["z"] + b["y"]
     assert info["fingerprint"] == enc.model.fingerprint.hex()
+
+
+def test_crafted_lengths_and_sizes_with_valid_crc():
+    import struct
+    import zlib
+
+    def craft(w, h, z, y):
+        body = (bsf._FIXED.pack(bsf.MAGIC, bsf.VERSION, b"\x01\x02\x03\x04", w, h, 0, 0)
+                + bsf._varint(0) + bsf._varint(len(z)) + bsf._varint(len(y)) + z + y)
+        return body + struct.pack(">I", zlib.crc32(body))
+
+    assert bsf.parse(craft(64, 64, b"\x00" * 8, b"\x00" * 12)).header.width == 64
+    for z, y in ((b"\x00" * 4, b"\x00" * 8), (b"\x00" * 9, b"\x00" * 8), (b"\x00" * 8, b"\x00" * 10)):
+        with pytest.raises(BitstreamError, match="not a rANS stream"):
+            bsf.parse(craft(64, 64, z, y))
+    with pytest.raises(BitstreamError, match="out of range"):
+        bsf.parse(craft(8192, 8000, b"\x00" * 8, b"\x00" * 8))  # 65 MP: more than any encoder accepts

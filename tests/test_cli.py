@@ -64,3 +64,13 @@ def test_no_traceback_subprocess(tmp_path):
     r = subprocess.run([sys.executable, "-m", "slim_rt.cli", "info", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "not a .slim" in r.stderr
+
+
+def test_folder_collision_refused(tiny_dir, tmp_path, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    for ext in ("png", "bmp"):
+        Image.fromarray((np.random.rand(64, 64, 3) * 255).astype(np.uint8)).save(d / f"a.{ext}")
+    assert main(["compress", str(d), "-o", str(tmp_path / "o"), "--model", str(tiny_dir)]) == 2
+    assert "both be written" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -58,7 +58,11 @@ def _decode(strings: list[bytes], indexes: Tensor, tables) -> Tensor:
     cdf, length, offset = tables
     dec = RansDecoder()
     idx = indexes.reshape(indexes.shape[0], -1).cpu().tolist()
-    out = [dec.decode_with_indexes(s, i, cdf, length, offset) for s, i in zip(strings, idx)]
+    # CompressAI's C++ decoder does no bounds checks: a crafted stream (valid CRC, garbage payload)
+    # could read past its end. A valid stream never does; zero padding of one 32-bit word per
+    # symbol keeps the renormalisation reads of any stream inside our buffer.
+    pad = b"\0" * (4 * (len(idx[0]) + 64)) if idx else b""
+    out = [dec.decode_with_indexes(s + pad, i, cdf, length, offset) for s, i in zip(strings, idx)]
     return torch.tensor(out, dtype=torch.int32).reshape(indexes.shape).to(indexes.device)
 
 
