@@ -41,34 +41,16 @@ class ExportError(SlimError, RuntimeError):
 
 
 # -- stage modules (positional tensors in STAGES order -> one tensor) ----------------------------
-class _VaeEncoder(nn.Module):
-    def __init__(self, vae, scale: float, shift: float):
+class _Call(nn.Module):
+    """`fn` (a BaseModel stage method) as an exportable module owning `owner`'s weights, so the
+    ONNX graph computes exactly what the torch backend's stage computes."""
+
+    def __init__(self, owner: nn.Module, fn):
         super().__init__()
-        self.vae, self.scale, self.shift = vae, scale, shift
+        self.owner, self.fn = owner, fn
 
-    def forward(self, image):
-        return (self.vae.encode(image).latent_dist.mode() - self.shift) * self.scale
-
-
-class _VaeDecoder(nn.Module):
-    def __init__(self, vae, scale: float, shift: float):
-        super().__init__()
-        self.vae, self.scale, self.shift = vae, scale, shift
-
-    def forward(self, latent):
-        return self.vae.decode(latent / self.scale + self.shift).sample
-
-
-class _TextEncoder(nn.Module):
-    def __init__(self, te):
-        super().__init__()
-        self.te = te
-        self.clip = "clip" in getattr(te.config, "model_type", "")
-
-    def forward(self, input_ids, attention_mask):
-        if self.clip:  # SD conditions on unmasked CLIP states (as the torch backend does)
-            return self.te(input_ids).last_hidden_state
-        return self.te(input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, *tensors):
+        return self.fn(*tensors)
 
 
 class _Unet(nn.Module):
@@ -84,8 +66,8 @@ def stage_modules(model) -> dict[str, nn.Module]:
     """Stage key -> nn.Module computing exactly what slim_rt.backends.torch_backend computes."""
     base = model.base
     mods: dict[str, nn.Module] = {
-        "vae_encoder": _VaeEncoder(base.vae, base.scaling_factor, base.shift_factor),
-        "vae_decoder": _VaeDecoder(base.vae, base.scaling_factor, base.shift_factor),
+        "vae_encoder": _Call(base.vae, base.encode_latent),
+        "vae_decoder": _Call(base.vae, base.decode_latent),
     }
     for i, c in enumerate(model.compressors):
         mods[f"latent_analysis/r{i}"] = c.g_a
@@ -93,7 +75,7 @@ def stage_modules(model) -> dict[str, nn.Module]:
         mods[f"hyper_synthesis/r{i}"] = c.h_s_mean
         mods[f"latent_synthesis/r{i}"] = c.g_s
     if base.unet is not None and base.text_encoder is not None:
-        mods["text_encoder"] = _TextEncoder(base.text_encoder)
+        mods["text_encoder"] = _Call(base.text_encoder, base.text_states)
         mods["unet"] = _Unet(base.unet)
     return mods
 

@@ -20,6 +20,7 @@ from slim_rt import bitstream as bsf
 from slim_rt.backends import Stage, stage_key
 from slim_rt.errors import BitstreamError, ModelMismatchError
 from slim_rt.images import pad_to_multiple
+from slim_rt.models.base import tokenize
 from slim_rt.models.slim import SlimModel
 from slim_rt.sampler import FewStepSampler, alphas_cumprod_from_config
 
@@ -80,9 +81,7 @@ class Pipeline:
         """Caption -> cross-attention context, cached per caption (decode reuses it)."""
         missing = [c for c in dict.fromkeys(captions) if c not in self._contexts]
         if missing:
-            tok = self.model.base.tokenizer(missing, padding="max_length", truncation=True,
-                                            max_length=min(self.model.base.tokenizer.model_max_length, 77),
-                                            return_tensors="pt")
+            tok = tokenize(self.model.base.tokenizer, missing)
             ctx = self._run("text_encoder", input_ids=tok["input_ids"].to(self.device),
                             attention_mask=tok["attention_mask"].to(self.device))
             for c, t in zip(missing, ctx):

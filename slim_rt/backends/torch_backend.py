@@ -20,14 +20,7 @@ def torch_stages(model: SlimModel, compile: bool = False) -> dict[str, Stage]:
         stages[f"hyper_synthesis/r{i}"] = FnStage(f"hyper_synthesis/r{i}", wrap(comp.h_s_mean))
         stages[f"latent_synthesis/r{i}"] = FnStage(f"latent_synthesis/r{i}", wrap(comp.g_s))
     if base.unet is not None and base.text_encoder is not None:
-        te = base.text_encoder
-        clip = "clip" in getattr(te.config, "model_type", "")
-
-        def text(input_ids, attention_mask):
-            kw = {} if clip else {"attention_mask": attention_mask}
-            return te(input_ids, **kw).last_hidden_state
-
         unet = base.unet
-        stages["text_encoder"] = FnStage("text_encoder", text)
+        stages["text_encoder"] = FnStage("text_encoder", base.text_states)
         stages["unet"] = FnStage("unet", wrap(lambda s, t, c: unet(s, t, encoder_hidden_states=c).sample))
     return stages

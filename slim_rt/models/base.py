@@ -63,13 +63,22 @@ class BaseModel:
         """scaled latent -> image [B,3,H,W] in [-1,1] (not clamped)."""
         return self.vae.decode(latent / self.scaling_factor + self.shift_factor).sample
 
-    def encode_text(self, captions: list[str], device) -> Tensor:
-        """captions -> token states [B, T, D] (the UNet's cross-attention context)."""
-        tok = self.tokenizer(captions, padding="max_length", truncation=True,
-                             max_length=min(self.tokenizer.model_max_length, 77), return_tensors="pt")
+    def text_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """token ids [B, T] -> token states [B, T, D] (the UNet's cross-attention context)."""
         clip = "clip" in getattr(self.text_encoder.config, "model_type", "")
-        kwargs = {} if clip else {"attention_mask": tok["attention_mask"].to(device)}  # SD uses no mask
-        return self.text_encoder(tok["input_ids"].to(device), **kwargs).last_hidden_state
+        kwargs = {} if clip else {"attention_mask": attention_mask}  # SD's CLIP runs without a mask
+        return self.text_encoder(input_ids, **kwargs).last_hidden_state
+
+    def encode_text(self, captions: list[str], device) -> Tensor:
+        """captions -> token states [B, T, D]."""
+        tok = tokenize(self.tokenizer, captions)
+        return self.text_states(tok["input_ids"].to(device), tok["attention_mask"].to(device))
+
+
+def tokenize(tokenizer, captions: list[str]) -> dict[str, Tensor]:
+    """captions -> {input_ids, attention_mask} [B, T], padded to the tokenizer's length (<= 77)."""
+    return tokenizer(captions, padding="max_length", truncation=True,
+                     max_length=min(tokenizer.model_max_length, 77), return_tensors="pt")
 
 
 @contextmanager

@@ -234,10 +234,7 @@ class EnhancerStage(Stage):
         base = self.model.base
         missing = [c for c in set(captions) if c not in self._ctx]
         if missing:
-            tok = base.tokenizer(missing, padding="max_length", truncation=True,
-                                 max_length=min(base.tokenizer.model_max_length, 77), return_tensors="pt")
-            ctx = base.text_encoder(tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
-            self._ctx.update(zip(missing, ctx))
+            self._ctx.update(zip(missing, base.encode_text(missing, "cpu")))
         return torch.stack([self._ctx[c] for c in captions])
 
     def loss(self, batch, step):
