@@ -40,7 +40,7 @@ QUALITIES = {
 }
 PIL_FORMATS = {"jpeg": ("JPEG", {"optimize": True}), "webp": ("WEBP", {"method": 6}), "avif": ("AVIF", {})}
 CSV_FIELDS = ["file", "label", "codec", "curve", "setting", "quality", "scale", "rate", "steps", "caption",
-              "bytes", "bpp", "pred", "top1", "top5", "psnr", "msssim", "enc_ms", "dec_ms"]
+              "bytes", "bpp", "pred", "top1", "top5", "psnr", "msssim", "enc_ms", "dec_ms", "unet_ms"]
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -240,14 +240,15 @@ def _agg(rows: list[dict]) -> dict:
     return {"codec": first["codec"], "curve": first["curve"], "setting": first["setting"],
             "quality": first["quality"], "scale": first["scale"], "rate": first["rate"], "steps": first["steps"],
             "n": n, "bytes": mean("bytes"), "bpp": mean("bpp"), "top1": mean("top1"), "top5": mean("top5"),
-            "psnr": mean("psnr"), "msssim": mean("msssim"), "enc_ms": mean("enc_ms"), "dec_ms": mean("dec_ms")}
+            "psnr": mean("psnr"), "msssim": mean("msssim"), "enc_ms": mean("enc_ms"), "dec_ms": mean("dec_ms"),
+            "unet_ms": mean("unet_ms")}
 
 
 def run_eval(data, model: str | None = None, out_dir=RESULTS, limit: int | None = None,
              steps: list[int] | None = None, device="cpu", codecs=CODECS, caption_mode: str = "auto",
              classifier=None, captioner=None, qualities: dict | None = None, baseline_scales=(1.0,),
              batch: int = 16, tag: str | None = None, bd_method: str = "pchip", write: bool = True,
-             threads: int | None = None, log=_log) -> dict:
+             threads: int | None = None, guidance: float = 1.0, log=_log) -> dict:
     """Evaluate; returns the aggregated results dict (also written as JSON when write=True).
 
     classifier: a `slim_rt.classifier.Classifier` (logits of [B,3,H,W] in [0,1], own preprocessing);
@@ -255,19 +256,21 @@ def run_eval(data, model: str | None = None, out_dir=RESULTS, limit: int | None 
     default: the default classifier's top-1 label through the model's caption template.
     baseline_scales: also run each baseline on the crop downscaled by s (bicubic) and upscaled back,
     e.g. (1.0, 0.5) -> curves jpeg and jpeg@0.5x; bpp stays per 256x256 pixel.
-    threads: torch CPU threads (None: leave as is; 1 is much faster on a busy shared CPU)."""
+    threads: torch CPU threads (None: leave as is; 1 is much faster on a busy shared CPU).
+    steps: the K to decode every bitstream with (a decoder override: up to MAX_DECODE_STEPS, e.g. a
+    many-step teacher); guidance: classifier-free guidance of the decoder (1 = none)."""
     prev_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         return _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
-                         qualities, baseline_scales, batch, tag, bd_method, write, log)
+                         qualities, baseline_scales, batch, tag, bd_method, write, guidance, log)
     finally:
         torch.set_num_threads(prev_threads)
 
 
 def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
-              qualities, baseline_scales, batch, tag, bd_method, write, log) -> dict:
+              qualities, baseline_scales, batch, tag, bd_method, write, guidance, log) -> dict:
     t_start = time.perf_counter()
     codecs = [c.strip().lower() for c in (codecs.split(",") if isinstance(codecs, str) else codecs) if c.strip()]
     bad = [c for c in codecs if c not in CODECS]
@@ -297,7 +300,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     rows: list[dict] = []
 
     def add(codec, curve, setting, datas, recs, enc_ms, dec_ms, quality=None, scale=1.0, rate=None, k=None,
-            caps=None):
+            caps=None, unet_ms=None):
         t = time.perf_counter()
         scores = score(classifier, recs, refs, labels)
         new = []
@@ -305,7 +308,8 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
             new.append({"file": im.file, "label": im.label, "codec": codec, "curve": curve, "setting": setting,
                         "quality": quality, "scale": scale, "rate": rate, "steps": k,
                         "caption": caps[i] if caps else None, "bytes": len(d), "bpp": 8 * len(d) / (SIZE * SIZE),
-                        **s, "enc_ms": enc_ms[i], "dec_ms": dec_ms[i]})
+                        **s, "enc_ms": enc_ms[i], "dec_ms": dec_ms[i],
+                        "unet_ms": unet_ms[i] if unet_ms else 0.0})
         rows.extend(new)
         a = _agg(new)
         log(f"{curve:>10} {setting:<8} bpp {a['bpp']:.4f}  top-1 {a['top1']:.3f}  top-5 {a['top5']:.3f}  "
@@ -322,8 +326,8 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     model_name = None
     if "slim" in codecs:
         import slim_rt
-        from slim_rt import bitstream as bsf
         from slim_rt.captions import FixedCaptioner
+        from slim_rt.pipeline import MAX_DECODE_STEPS
         model = model or default_model(log)
         t = time.perf_counter()
         enc = slim_rt.Encoder.from_pretrained(model, rate=0, device=device, captioner=FixedCaptioner(""), steps=0)
@@ -331,8 +335,9 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         model_name = enc.model.config.name
         ks = [enc.model.config.enhance.steps] if not steps else list(dict.fromkeys(int(k) for k in steps))
         for k in ks:
-            enc.pipeline._check_steps(k)
-        log(f"SLIM model {model_name} ({model}): {enc.model.num_rates} rates, steps {ks}, "
+            enc.pipeline._check_steps(k, MAX_DECODE_STEPS)
+        g = float(guidance)
+        log(f"SLIM model {model_name} ({model}): {enc.model.num_rates} rates, steps {ks}, guidance {g:g}, "
             f"loaded in {time.perf_counter() - t:.1f} s")
         if caption_mode == "auto" and captioner is None and not own_classifier:
             from slim_rt.captions import ClassifierCaptioner
@@ -346,18 +351,18 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
                 datas += enc.encode_batch([im.image for im in images[i:i + batch]], caps[i:i + batch], rate=r)
                 n = len(images[i:i + batch])
                 enc_ms += [(time.perf_counter() - t) * 1e3 / n] * n
-            for k in ks:
-                ds = []
-                for d in datas:
-                    bs = bsf.parse(d)
-                    ds.append(bsf.pack(bsf.Bitstream(dataclasses.replace(bs.header, steps=k), bs.z, bs.y)))
-                recs, dec_ms = [], []
+            for k in ks:  # the same bitstreams, decoded with K steps (a decoder override)
+                recs, dec_ms, unet_ms = [], [], []
+                gk = g if k else 1.0
                 for i in range(0, N, batch):
                     t = time.perf_counter()
-                    out = dec.decode_batch(ds[i:i + batch], output="tensor")
+                    out = dec.decode_batch(datas[i:i + batch], steps=k, guidance=gk, output="tensor")
                     dec_ms += [(time.perf_counter() - t) * 1e3 / len(out)] * len(out)
+                    unet_ms += [dec.timings.get("unet", 0.0) / len(out)] * len(out)
                     recs += [quantize(x) for x in out]
-                add("slim", f"slim-k{k}", f"r{r}-k{k}", ds, recs, enc_ms, dec_ms, rate=r, k=k, caps=caps)
+                curve = f"slim-k{k}" + (f"-g{gk:g}" if gk != 1.0 else "")
+                add("slim", curve, f"r{r}-k{k}", datas, recs, enc_ms, dec_ms, rate=r, k=k, caps=caps,
+                    unet_ms=unet_ms)
         del enc, dec
 
     # baselines through Pillow
@@ -410,7 +415,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     result = {
         "name": name, "data": str(data), "split": split, "n_images": N, "limit": limit,
         "model": model_name, "model_path": str(model) if model_name else None, "caption_mode": caption_mode,
-        "steps": ks if "slim" in codecs else None, "device": str(device), "size": SIZE,
+        "steps": ks if "slim" in codecs else None, "guidance": guidance, "device": str(device), "size": SIZE,
         "classifier": "EfficientNet-Lite0" if own_classifier else type(classifier).__name__,
         "protocol": "resize short side 256 (bicubic, antialiased), center crop 256x256, 8-bit RGB -> codec; "
                     "classifier: its own preprocessing on the decoded 256x256 image",
@@ -472,11 +477,12 @@ def markdown(res: dict) -> str:
              f"{res['n_images']} images of `{res['data']}`, model `{res['model']}`, caption mode "
              f"`{res['caption_mode']}`, classifier {res['classifier']}, {res['size']}x{res['size']} crops "
              f"(docs/eval.md). Uncompressed crops: top-1 {ref['top1']:.3f}, top-5 {ref['top5']:.3f}.", "",
-             "| codec | setting | bpp | top-1 | top-5 | PSNR (dB) | MS-SSIM | enc ms/img | dec ms/img |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| codec | setting | bpp | top-1 | top-5 | PSNR (dB) | MS-SSIM | enc ms/img | dec ms/img | UNet ms/img |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for a in res["settings"]:
         lines.append(f"| {a['curve']} | {a['setting']} | {a['bpp']:.4f} | {a['top1']:.3f} | {a['top5']:.3f} | "
-                     f"{a['psnr']:.2f} | {a['msssim']:.4f} | {a['enc_ms']:.1f} | {a['dec_ms']:.1f} |")
+                     f"{a['psnr']:.2f} | {a['msssim']:.4f} | {a['enc_ms']:.1f} | {a['dec_ms']:.1f} | "
+                     f"{a.get('unet_ms', 0.0):.1f} |")
     if res["bd_rate_pct"]:
         lines += ["", f"BD-rate of SLIM vs each baseline at equal accuracy ({res['bd_rate_method']}; negative = "
                       "SLIM needs fewer bits):", "", "| SLIM | baseline | top-1 | top-5 |", "|---|---|---:|---:|"]
@@ -531,7 +537,8 @@ def run_from_args(args) -> int:
     res = run_eval(args.data, model=args.model, out_dir=args.out_dir or RESULTS, limit=args.limit,
                    steps=_ints(args.steps), device=args.device, codecs=args.codecs, caption_mode=args.caption_mode,
                    qualities=qualities, baseline_scales=[float(s) for s in args.baseline_scales],
-                   batch=args.batch, tag=args.tag, threads=getattr(args, "threads", None))
+                   batch=args.batch, tag=args.tag, threads=getattr(args, "threads", None),
+                   guidance=getattr(args, "guidance", 1.0))
     print(markdown(res))
     return 0
 

@@ -262,6 +262,7 @@ def export_model(model_or_path, out_dir: str | Path, *, precision: str = "fp32",
         "tolerance": {"metric": "max|ort - torch| / max|torch| (torch fp32 reference)",
                       "max_rel": TOLERANCE[precision]},
         "files": files,
+        "enhance": enhance_schedules(model),
         "stages": {},
     }
     failures = []
@@ -304,6 +305,19 @@ def export_model(model_or_path, out_dir: str | Path, *, precision: str = "fp32",
             raise ExportError(f"stage {k}: {msg}") from e
     _write_manifest(out, manifest)
     return manifest
+
+
+def enhance_schedules(model) -> dict:
+    """The enhancement schedule the runtimes use (from slim_config.json + the scheduler config): the
+    UNet graph takes the timestep as an input, and every K's timesteps and DDIM coefficients are here."""
+    from slim_rt.sampler import FewStepSampler, alphas_cumprod_from_config
+    sched = model.base.scheduler_config
+    enh = model.config.enhance
+    sampler = FewStepSampler(alphas_cumprod_from_config(sched), enh.t0, sched.get("prediction_type", "epsilon"),
+                             enh.timesteps)
+    ks = sorted({1, 2, 4, *enh.distilled, *([enh.steps] if enh.steps else [])})
+    return {"default_steps": enh.steps, "t0": enh.t0, "distilled": list(enh.distilled),
+            "schedules": {str(k): sampler.schedule(k).to_dict() for k in ks}}
 
 
 def shp_of(spec: StageSpec, s: dict, pname: str) -> tuple[int, ...]:

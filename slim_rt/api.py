@@ -182,11 +182,13 @@ class Decoder:
         """Per-stage milliseconds of the last call."""
         return dict(self.pipeline.timings)
 
-    def decode(self, data: bytes, steps: int | None = None, output: str = "pil"):
-        """.slim bytes -> PIL.Image (output="tensor": float [3,H,W] in [0,1])."""
-        return self.decode_batch([data], steps=steps, output=output)[0]
+    def decode(self, data: bytes, steps: int | None = None, output: str = "pil", guidance: float = 1.0):
+        """.slim bytes -> PIL.Image (output="tensor": float [3,H,W] in [0,1]). steps overrides the
+        bitstream's K; guidance != 1 adds classifier-free guidance (teacher-style, 2 UNet calls a step)."""
+        return self.decode_batch([data], steps=steps, output=output, guidance=guidance)[0]
 
-    def decode_batch(self, datas: list[bytes], steps: int | None = None, output: str = "pil") -> list:
+    def decode_batch(self, datas: list[bytes], steps: int | None = None, output: str = "pil",
+                     guidance: float = 1.0) -> list:
         if output not in ("pil", "tensor"):
             raise ValueError(f"output must be 'pil' or 'tensor', got {output!r}")
         streams = [self.pipeline.parse(d) for d in datas]  # validates everything before any work
@@ -197,7 +199,7 @@ class Decoder:
             groups[(s.header.width, s.header.height, s.header.rate, k)].append(i)
         timings: dict[str, float] = {}
         for (_, _, _, k), idx in groups.items():
-            imgs = self.pipeline.decode([streams[i] for i in idx], steps=k)
+            imgs = self.pipeline.decode([streams[i] for i in idx], steps=k, guidance=guidance)
             for i, im in zip(idx, imgs):
                 out[i] = to_pil(im) if output == "pil" else im.cpu()
             for name, v in self.pipeline.timings.items():

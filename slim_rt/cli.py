@@ -329,11 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(rate=None)  # demo default: the model's highest rate point
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("train", help="train a stage (resumes from OUT/checkpoint.pt)")
-    p.add_argument("stage", choices=["base-vae", "base-unet", "compressor", "enhancer"])
+    p.add_argument("stage", choices=["base-vae", "base-unet", "compressor", "enhancer", "distill"])
     p.add_argument("--data", required=True, help="image folder (+ optional labels.csv)")
     p.add_argument("--out", required=True, help="output folder (checkpoints, logs, weights)")
     p.add_argument("--preset", required=True, help="named config preset (e.g. tiny-vae, tiny-compressor)")
-    p.add_argument("--base", help="diffusers base directory (base-unet, compressor); SLIM model (enhancer)")
+    p.add_argument("--base", help="diffusers base directory (base-unet, compressor); SLIM model (enhancer, distill)")
     p.add_argument("--name", default="slim-custom", help="model name written to slim_config.json")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset option")
     p.set_defaults(fn=cmd_train)
@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
     p.add_argument("--out-dir", help="results folder (default: benchmarks/results)")
     p.add_argument("--limit", type=int, help="first N images only")
-    p.add_argument("--steps", nargs="+", help="enhancement steps K to evaluate, e.g. 0 1 or 0,1 (default: the model's)")
+    p.add_argument("--steps", nargs="+", help="enhancement steps K to decode with, e.g. 0 1 2 4 or 20 for a teacher "
+                                              "(default: the model's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     p.add_argument("--codecs", default="slim,jpeg,webp,avif", help="comma list (default: slim,jpeg,webp,avif)")
     p.add_argument("--caption-mode", default="auto", choices=["auto", "none", "label", "wrong"])
@@ -351,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="SLIM encode/decode batch (default 16)")
     p.add_argument("--tag", help="suffix for the output file names")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared CPU)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance of the decoder, e.g. for a many-step teacher (default 1: none)")
     p.set_defaults(fn=cmd_eval)
     _add_deploy_commands(sub)
     return ap

@@ -39,13 +39,33 @@ COMPRESSOR_PRESETS: dict[str, CompressorConfig] = {
 
 @dataclass(frozen=True)
 class EnhanceConfig:
+    """The enhancement schedule saved with a model. With the base's scheduler config (alphas_cumprod,
+    prediction type) it fixes every coefficient; `timesteps` pins explicit per-K timesteps
+    ({"2": [200, 100]}), otherwise K steps are spaced uniformly from t0."""
     steps: int = 1          # default K written into bitstreams (0 = no enhancement)
     t0: int = 200           # timestep the decompressed latent is treated as
     max_steps: int = 8
+    timesteps: dict = field(default_factory=dict)   # {"K": [t_1 > ... > t_K]}, optional
+    distilled: tuple[int, ...] = ()                 # the K the UNet was distilled for (documentation)
 
     def __post_init__(self):
         if not 0 <= self.steps <= self.max_steps:
             raise ValueError(f"enhance steps must be in [0, {self.max_steps}], got {self.steps}")
+        for k, ts in self.timesteps.items():
+            if not (str(k).isdigit() and len(ts) == int(k)):
+                raise ValueError(f"enhance timesteps for K={k} must list K values, got {ts}")
+        object.__setattr__(self, "timesteps", {str(k): [int(t) for t in v] for k, v in self.timesteps.items()})
+        object.__setattr__(self, "distilled", tuple(int(k) for k in self.distilled))
+
+
+# Named enhancement schedules. SD-Turbo (adversarial diffusion distillation) is already a few-step
+# model: one step from t0 = 499 (diffusers' img2img recipe for it: strength 0.5, 2 steps -> 1 step at
+# t=499), no distillation and no guidance.
+ENHANCE_PRESETS: dict[str, EnhanceConfig] = {
+    "none": EnhanceConfig(steps=0),
+    "tiny": EnhanceConfig(steps=1, t0=200),
+    "sd-turbo": EnhanceConfig(steps=1, t0=499, timesteps={"1": [499]}, distilled=(1,)),
+}
 
 
 @dataclass(frozen=True)

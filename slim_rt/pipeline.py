@@ -9,6 +9,7 @@ decode: .slim -> [exact] z symbols -> hyper_synthesis -> means; indexes -> rANS^
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ from slim_rt.models.base import tokenize
 from slim_rt.models.slim import SlimModel
 from slim_rt.sampler import FewStepSampler, alphas_cumprod_from_config
 
+MAX_DECODE_STEPS = 100  # a decoder may override the bitstream's K (<= bsf.MAX_STEPS) up to this
+
 
 class Pipeline:
     def __init__(self, model: SlimModel, stages: dict[str, Stage], device="cpu", impl: str = "auto",
@@ -34,8 +37,9 @@ class Pipeline:
         self.impl = impl
         self.dtype = dtype
         sched = model.base.scheduler_config
-        self.sampler = FewStepSampler(alphas_cumprod_from_config(sched), model.config.enhance.t0,
-                                      sched.get("prediction_type", "epsilon"))
+        enh = model.config.enhance
+        self.sampler = FewStepSampler(alphas_cumprod_from_config(sched), enh.t0,
+                                      sched.get("prediction_type", "epsilon"), enh.timesteps)
         self.timings: dict[str, float] = {}
         self._children: list[float] = []
         self._contexts: OrderedDict[str, Tensor] = OrderedDict()
@@ -71,9 +75,10 @@ class Pipeline:
         if not 0 <= rate < self.model.num_rates:
             raise ValueError(f"rate must be in [0, {self.model.num_rates - 1}] for this model, got {rate}")
 
-    def _check_steps(self, steps: int) -> None:
-        if not 0 <= steps <= bsf.MAX_STEPS:
-            raise ValueError(f"steps must be in [0, {bsf.MAX_STEPS}], got {steps}")
+    def _check_steps(self, steps: int, limit: int = bsf.MAX_STEPS) -> None:
+        """limit: bsf.MAX_STEPS for what a bitstream records, MAX_DECODE_STEPS for a decoder override."""
+        if not 0 <= steps <= limit:
+            raise ValueError(f"steps must be in [0, {limit}], got {steps}")
         if steps and "unet" not in self.stages:
             raise ValueError("this model has no enhancement UNet/text encoder: use steps=0")
 
@@ -128,15 +133,19 @@ class Pipeline:
         return bs
 
     @torch.inference_mode()
-    def decode(self, streams: list[bsf.Bitstream], steps: int | None = None) -> Tensor:
-        """Bitstreams of one size and rate -> images [B,3,H,W] in [0,1]."""
+    def decode(self, streams: list[bsf.Bitstream], steps: int | None = None, guidance: float = 1.0) -> Tensor:
+        """Bitstreams of one size and rate -> images [B,3,H,W] in [0,1]. steps overrides the K of the
+        bitstreams (up to MAX_DECODE_STEPS, e.g. a many-step teacher); guidance != 1 runs
+        classifier-free guidance (two UNet evaluations a step)."""
         self.timings = {}
         h0 = streams[0].header
         if any((s.header.width, s.header.height, s.header.rate) != (h0.width, h0.height, h0.rate)
                for s in streams):
             raise ValueError("decode() needs bitstreams of one size and rate (decode_batch groups them)")
         k = h0.steps if steps is None else steps
-        self._check_steps(k)
+        self._check_steps(k, MAX_DECODE_STEPS)
+        if not (math.isfinite(guidance) and guidance >= 0):
+            raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
         m = self.model.pixel_multiple
         Hp, Wp = -(-h0.height // m) * m, -(-h0.width // m) * m
         z_shape = (Hp // m, Wp // m)
@@ -151,6 +160,7 @@ class Pipeline:
             ctx = self.context([s.header.caption for s in streams])
             unet = lambda x, t, c: self._run("unet", sample=x.to(self.dtype), timestep=t,  # noqa: E731
                                              context=c.to(self.dtype)).float()
-            latent = self.sampler.run(unet, latent, ctx, k)
+            uncond = self.context([""]) if guidance != 1.0 else None
+            latent = self.sampler.run(unet, latent, ctx, k, guidance, uncond)
         img = self._run("vae_decoder", latent=latent.to(self.dtype)).float()
         return ((img[:, :, :h0.height, :h0.width] + 1) / 2).clamp(0, 1)

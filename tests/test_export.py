@@ -131,6 +131,33 @@ def test_torch_bitstream_decodes_with_ort(exported, codec, ort_decoder):
     assert set(ort_decoder.timings) >= {"entropy_decode", "latent_synthesis", "unet", "vae_decoder"}
 
 
+@pytest.mark.parametrize("k", [0, 2, 4])
+def test_k_from_the_bitstream_on_ort(exported, codec, ort_decoder, k):
+    """The encoder's suggested K travels in the bitstream; the exported UNet graph takes the timestep,
+    so the same file decodes with K steps on ORT as on torch (and a decoder override still works)."""
+    from slim_rt.api import Encoder
+    enc, dec = codec
+    enc_k = Encoder(enc.pipeline, captioner=FixedCaptioner("a photo of a dog"), steps=k)
+    data = enc_k.encode(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(k)), rate=1)
+    assert slim_rt.inspect(data)["steps"] == k
+    a, b = dec.decode(data, output="tensor"), ort_decoder.decode(data, output="tensor")
+    assert (a - b).abs().max() < 1e-3
+    calls = []
+    orig = ort_decoder.pipeline.stages["unet"]
+    ort_decoder.pipeline.stages["unet"] = lambda **kw: calls.append(kw["timestep"].tolist()) or orig(**kw)
+    try:
+        ort_decoder.decode(data, output="tensor")
+        assert calls == [[t] for t in ort_decoder.pipeline.sampler.schedule(k).timesteps]
+        calls.clear()
+        ort_decoder.decode(data, steps=1, output="tensor")  # the decoder may override K
+        assert len(calls) == 1
+    finally:
+        ort_decoder.pipeline.stages["unet"] = orig
+    sched = json.loads((exported[0] / "manifest.json").read_text())["enhance"]
+    if k:
+        assert sched["schedules"][str(k)]["timesteps"] == list(ort_decoder.pipeline.sampler.schedule(k).timesteps)
+
+
 def test_ort_encoder_and_overrides(exported, codec):
     enc, dec = codec
     out = exported[0]

@@ -1,15 +1,19 @@
 """Smoke tests: every training stage runs a few steps on tiny models, resumes, and the result loads."""
 import csv
 import json
+import shutil
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
 import slim_rt
+from slim_rt.config import SlimConfig
 from slim_rt.captions import FixedCaptioner
 from slim_rt.cli import main
 from slim_rt.training import PRESETS, with_overrides
+from slim_rt.training.stages import assemble
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +56,26 @@ def test_all_stages_train_resume_and_load(data, tmp_path):
                  "--preset", "smoke-compressor", "--set", "steps=4", "--set", "rate=0"]) == 0
     steps = [json.loads(line)["step"] for line in (comp / "rate0" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+    turbo = tmp_path / "comp-turbo"  # the SD-Turbo preset: the assembled model gets the one-step schedule
+    shutil.copytree(comp, turbo)
+    assemble(turbo, unet, with_overrides(PRESETS["smoke-compressor"], ["enhance_preset=sd-turbo"]), "t")
+    assert SlimConfig.load(turbo).enhance.timesteps == {"1": [499]}
     enh = tmp_path / "enh"
     assert main(["train", "enhancer", "--data", str(data), "--out", str(enh), "--base", str(comp),
                  "--preset", "smoke-enhancer"]) == 0
     assert (enh / "base" / "unet" / "config.json").is_file() and (enh / "base" / "vae").is_dir()
+    assert (enh / "slim_config.json").is_file()  # the teacher is a SLIM model directory
+    dist = tmp_path / "dist"
+    assert main(["train", "distill", "--data", str(data), "--out", str(dist), "--base", str(enh),
+                 "--preset", "smoke-distill"]) == 0
+    student = SlimConfig.load(dist)
+    assert student.enhance.distilled == (1, 2) and student.enhance.steps == 1
+    enc = slim_rt.Encoder.from_pretrained(str(dist), captioner=FixedCaptioner("a photo of a cat"))
+    data_k = enc.encode(Image.fromarray((np.random.rand(64, 64, 3) * 255).astype(np.uint8)), rate=0)
+    assert slim_rt.inspect(data_k)["steps"] == 1  # the student's K is the encoder's suggestion
+    dec = slim_rt.Decoder(enc.pipeline)
+    a, b = dec.decode(data_k, output="tensor"), dec.decode(data_k, output="tensor")
+    assert torch.equal(a, b) and not torch.equal(a, dec.decode(data_k, steps=0, output="tensor"))
     enc = slim_rt.Encoder.from_pretrained(str(comp), captioner=FixedCaptioner("a photo of a cat"))
     dec = slim_rt.Decoder(enc.pipeline)
     img = Image.fromarray((np.random.rand(64, 80, 3) * 255).astype(np.uint8))

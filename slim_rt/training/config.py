@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class TrainConfig:
-    stage: str                          # "base-vae" | "base-unet" | "compressor" | "enhancer"
+    stage: str                          # "base-vae" | "base-unet" | "compressor" | "enhancer" | "distill"
     steps: int = 1000
     batch_size: int = 8
     crop: int = 128                     # random crop size (pixels)
@@ -31,6 +31,12 @@ class TrainConfig:
     roi: str = "gradcam"                # "gradcam" | "none" | a folder of PNG masks
     task_weight: float = 0.0            # optional classifier term on decoded pixels
     aux_lr: float = 1e-3
+    enhance_preset: str = "tiny"        # compressor: the enhancement schedule the assembled model gets
+    # enhancer (teacher fine-tune) and distill (K-step student)
+    zero_init: bool = True              # enhancer: zero the UNet's output conv (start at the identity)
+    teacher_steps: int = 20             # distill: DDIM steps of the teacher from t0
+    guidance: float = 1.5               # distill: classifier-free guidance of the teacher
+    student_steps: tuple[int, ...] = (1, 2)  # distill: the K the student is trained for
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -43,8 +49,12 @@ PRESETS: dict[str, TrainConfig] = {
                                     roi="gradcam"),
     "smoke-enhancer": TrainConfig("enhancer", steps=3, batch_size=2, crop=64, resize=72, ckpt_every=2, log_every=1,
                                   task_weight=0.05),
-    "tiny-enhancer": TrainConfig("enhancer", steps=1000, batch_size=8, crop=128, resize=144, lr=1e-4,
-                                 task_weight=0.05),
+    "smoke-distill": TrainConfig("distill", steps=3, batch_size=2, crop=64, resize=72, ckpt_every=2, log_every=1,
+                                 task_weight=0.05, teacher_steps=3, guidance=2.0),
+    # 128 crops of images resized to 256: objects at the scale the classifier sees at evaluation
+    "tiny-enhancer": TrainConfig("enhancer", steps=1500, batch_size=8, crop=128, resize=256, lr=2e-4),
+    "tiny-distill": TrainConfig("distill", steps=1500, batch_size=8, crop=128, resize=256, lr=1e-4,
+                                task_weight=0.05, teacher_steps=20, guidance=1.5, student_steps=(1, 2)),
     "tiny-vae": TrainConfig("base-vae", steps=2500, batch_size=8, crop=128, resize=144, lr=1e-3,
                             vae_channels=(16, 32, 64, 64)),
     "tiny-unet": TrainConfig("base-unet", steps=2000, batch_size=16, crop=128, resize=144, lr=5e-4,
@@ -54,6 +64,10 @@ PRESETS: dict[str, TrainConfig] = {
     "sd-compressor": TrainConfig("compressor", steps=100_000, batch_size=16, crop=512, resize=512, lr=1e-4,
                                  compressor_preset="sd", lambdas=(0.5, 2.0, 8.0, 32.0),
                                  mixed_precision="bf16"),
+    # SD-Turbo is a one-step model already: its compressors need no enhancer/distill stage
+    "sd-turbo-compressor": TrainConfig("compressor", steps=100_000, batch_size=16, crop=512, resize=512, lr=1e-4,
+                                       compressor_preset="sd", lambdas=(0.5, 2.0, 8.0, 32.0),
+                                       mixed_precision="bf16", enhance_preset="sd-turbo"),
 }
 
 

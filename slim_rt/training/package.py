@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from slim_rt.config import EnhanceConfig
 from slim_rt.models.base import TEXT_ENCODER_REF
 from slim_rt.models.slim import SlimModel
 
@@ -40,7 +39,7 @@ def package(model_dir: str | Path, dest: str | Path, name: str, steps: int | Non
     if (base_root / "scheduler").is_dir():
         shutil.copytree(base_root / "scheduler", dest / "scheduler")
     enh = model.config.enhance
-    enh = EnhanceConfig(steps=enh.steps if steps is None else steps, t0=enh.t0 if t0 is None else t0)
+    enh = dataclasses.replace(enh, steps=enh.steps if steps is None else steps, t0=enh.t0 if t0 is None else t0)
     cfg = dataclasses.replace(model.config, name=name, base=".", enhance=enh, rates=())
     SlimModel.save_compressors(dest, cfg, model.compressors)
     return dest

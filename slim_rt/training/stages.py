@@ -1,4 +1,4 @@
-"""The three training stages of `slim-rt train`.
+"""The base and compressor stages of `slim-rt train` (enhancer and distill: training/enhance.py).
 
 base-vae   a small diffusers AutoencoderKL (4-ch latent, /8): L1 + perceptual (frozen classifier
            features) + small KL. Offline tiny family only: real users have Stable Diffusion.
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from slim_rt.config import COMPRESSOR_PRESETS, EnhanceConfig, SlimConfig
+from slim_rt.config import COMPRESSOR_PRESETS, ENHANCE_PRESETS, SlimConfig
 from slim_rt.models.compressor import SlimCompressor
 from slim_rt.training.config import TrainConfig
 from slim_rt.training.trainer import Stage, train
@@ -201,86 +201,6 @@ class CompressorStage(Stage):
         save_file(compressor_state(comp), str(out / "compressor.safetensors"))
 
 
-class EnhancerStage(Stage):
-    """One-step enhancer (in the spirit of OSEDiff): fine-tune the base UNet so that one DDIM step
-    from t0, started at x_t0 = sqrt(abar_t0) * x_hat (the decompressed latent, no noise), lands on
-    the clean latent x. Loss: RoI-weighted latent MSE of the one-step x0 estimate; the caption of
-    the image (labels.csv) conditions the UNet, with 10% empty captions. The compressors of every
-    rate point produce x_hat, so one UNet serves all rates."""
-    name = "enhancer"
-
-    def __init__(self, cfg: TrainConfig, model_dir: str | Path, masks, dataset):
-        from slim_rt.models.slim import SlimModel
-        from slim_rt.sampler import alphas_cumprod_from_config
-        self.cfg, self.masks = cfg, masks
-        self.model = SlimModel.from_pretrained(model_dir)
-        if self.model.base.unet is None:
-            raise ValueError(f"{model_dir}: the base has no UNet to fine-tune")
-        self.unet = self.model.base.unet.float().train().requires_grad_(True)
-        self.t0 = self.model.config.enhance.t0
-        self.abar = float(alphas_cumprod_from_config(self.model.base.scheduler_config)[self.t0])
-        self.latents = encode_dataset(self.model.base, dataset)
-        self._ctx: dict[str, torch.Tensor] = {}
-        self.clf = _frozen_classifier() if cfg.task_weight > 0 else None
-
-    def modules(self):
-        return {"unet": self.unet}
-
-    def parameters_groups(self):
-        return [(list(self.unet.parameters()), self.cfg.lr)]
-
-    @torch.no_grad()
-    def _context(self, captions: list[str]) -> torch.Tensor:
-        base = self.model.base
-        missing = [c for c in set(captions) if c not in self._ctx]
-        if missing:
-            self._ctx.update(zip(missing, base.encode_text(missing, "cpu")))
-        return torch.stack([self._ctx[c] for c in captions])
-
-    def loss(self, batch, step):
-        c = self.cfg.crop // 8
-        lats = []
-        for i, (top, left, flip) in zip(batch["index"].tolist(), batch["crop"].tolist()):
-            lat = self.latents[i][:, top // 8:top // 8 + c, left // 8:left // 8 + c]
-            lats.append(lat.flip(-1) if flip else lat)
-        x = torch.stack(lats)
-        with torch.no_grad():
-            r = int(torch.randint(0, self.model.num_rates, ()))
-            x_hat = self.model.compressors[r].eval()(x)["x_hat"]  # eval mode: hard rounding, as decoded
-            caps = [cap if torch.rand(()) > 0.1 else "" for cap in batch["caption"]]
-            ctx = self._context(caps)
-        a, s = math.sqrt(self.abar), math.sqrt(1 - self.abar)
-        x_t = a * x_hat
-        t = torch.full((x.shape[0],), self.t0, dtype=torch.long)
-        eps = self.unet(x_t, t, encoder_hidden_states=ctx).sample
-        x0 = (x_t - s * eps) / a
-        m = F.avg_pool2d(self.masks.crop(batch["index"], batch["crop"], self.cfg.crop), 8)
-        se = (x0 - x).pow(2)
-        d_roi, d_bg = (m * se).mean(), ((1 - m) * se).mean()
-        loss = d_roi + self.cfg.background_weight * d_bg
-        logs = {"mse_roi": d_roi.item(), "mse_roi_k0": (m * (x_hat - x).pow(2)).mean().item()}
-        labels = batch["label"]
-        if self.clf is not None and bool((labels >= 0).all()):
-            # machine term: the frozen classifier on the decoded pixels of the one-step estimate
-            img = ((self.model.base.decode_latent(x0) + 1) / 2).clamp(0, 1)
-            ce = F.cross_entropy(self.clf((img - 0.498) / 0.502), labels)
-            loss = loss + self.cfg.task_weight * ce
-            logs["ce"] = ce.item()
-        return loss, {"loss": loss.item(), **logs}
-
-    def save(self, out: Path):
-        base_root = Path(self.model.base.source)
-        dest = out / "base"
-        dest.mkdir(parents=True, exist_ok=True)
-        for item in ("vae", "scheduler", "text_encoder", "tokenizer", "text_encoder.json"):
-            src = base_root / item
-            if src.is_dir():
-                shutil.copytree(src, dest / item, dirs_exist_ok=True)
-            elif src.is_file():
-                shutil.copy(src, dest / item)
-        getattr(self.unet, "module", self.unet).save_pretrained(dest / "unet")
-
-
 @torch.no_grad()
 def encode_dataset(base, dataset) -> list[torch.Tensor]:
     """Latents [C, H/8, W/8] of every resized training image (frozen VAE, posterior mode)."""
@@ -294,7 +214,7 @@ def run(cfg: TrainConfig, data: str | Path, out: str | Path, base: str | Path | 
     from slim_rt.training.data import ImageFolder
     out = Path(out)
     torch.manual_seed(cfg.seed)
-    ds = ImageFolder(data, cfg.crop, cfg.resize, align=8 if cfg.stage in ("compressor", "enhancer") else 1)
+    ds = ImageFolder(data, cfg.crop, cfg.resize, align=8 if cfg.stage in ("compressor", "enhancer", "distill") else 1)
     if cfg.stage == "base-vae":
         return {"base-vae": train(VaeStage(cfg), ds, cfg, out, progress=progress)}
     if base is None:
@@ -302,11 +222,13 @@ def run(cfg: TrainConfig, data: str | Path, out: str | Path, base: str | Path | 
     if cfg.stage == "base-unet":
         return {"base-unet": train(UnetStage(cfg, base), ds, cfg, out, progress=progress)}
     from slim_rt.training.masks import MaskProvider
-    if cfg.stage == "enhancer":  # --base is a SLIM model directory here
+    if cfg.stage in ("enhancer", "distill"):  # --base is a SLIM model directory here
+        from slim_rt.training.enhance import DistillStage, EnhancerStage
         masks = MaskProvider(cfg.roi, ds, cache_dir=out / "roi-cache")
-        return {"enhancer": train(EnhancerStage(cfg, base, masks, ds), ds, cfg, out, progress=progress)}
+        cls = EnhancerStage if cfg.stage == "enhancer" else DistillStage
+        return {cfg.stage: train(cls(cfg, base, masks, ds), ds, cfg, out, progress=progress)}
     if cfg.stage != "compressor":
-        raise ValueError(f"unknown stage {cfg.stage!r} (base-vae, base-unet, compressor, enhancer)")
+        raise ValueError(f"unknown stage {cfg.stage!r} (base-vae, base-unet, compressor, enhancer, distill)")
     masks = MaskProvider(cfg.roi, ds, cache_dir=out / "roi-cache")
     rates = range(len(cfg.lambdas)) if cfg.rate < 0 else [cfg.rate]
     logs, latents = {}, None
@@ -332,10 +254,12 @@ def assemble(out: Path, base: str | Path, cfg: TrainConfig, name: str) -> Path:
     if not comps:
         raise ValueError(f"no trained rate points under {out}")
     base_p = Path(base).resolve()
+    if cfg.enhance_preset not in ENHANCE_PRESETS:
+        raise ValueError(f"unknown enhance_preset {cfg.enhance_preset!r} ({', '.join(ENHANCE_PRESETS)})")
     scfg = SlimConfig(name=name, base=str(base_p), compressor=COMPRESSOR_PRESETS[cfg.compressor_preset],
-                      lambdas=tuple(cfg.lambdas[:len(comps)]), enhance=EnhanceConfig())
+                      lambdas=tuple(cfg.lambdas[:len(comps)]), enhance=ENHANCE_PRESETS[cfg.enhance_preset])
     SlimModel.save_compressors(out, scfg, comps)
     return out
 
 
-__all__ = ["run", "assemble", "VaeStage", "UnetStage", "CompressorStage", "EnhancerStage"]
+__all__ = ["run", "assemble", "VaeStage", "UnetStage", "CompressorStage"]

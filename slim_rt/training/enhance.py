@@ -1,0 +1,235 @@
+"""The enhancement stages of `slim-rt train`: `enhancer` (the teacher) and `distill` (the student).
+
+enhancer  fine-tunes the base UNet into a caption-conditioned restorer of decompressed latents. The
+          decompressed latent x_hat is x_t0 = sqrt(abar_t0) x_hat, no noise; DDIM (eta = 0) keeps its
+          noise estimate constant, so the ideal path from there to the clean latent x is
+          x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps*, eps* = sqrt(abar_t0)(x_hat - x)/sqrt(1 - abar_t0)
+          (`sampler.path_point`). The UNet is trained at points of that path (t in [1, t0], half of
+          them on the K = 1/2/4 schedules) to give the x0 estimate x: RoI-weighted latent MSE, 10%
+          empty captions (for classifier-free guidance in the teacher). Its output conv starts at
+          zero, so training starts from the identity (enhanced = x_hat), never below K = 0.
+          Run with many DDIM steps and guidance, this UNet is the teacher.
+distill   a K-step student (K in cfg.student_steps, no guidance: one UNet call a step) starts from the
+          teacher's weights and is trained through its K steps on
+            RoI-weighted MSE(student(x_hat), teacher(x_hat))        (teacher: many steps + CFG, cached)
+            + task_weight * KL(clf(original crop) || clf(D(student(x_hat))))   (the machine term)
+          The machine term matches the frozen classifier's output on the original image (not a
+          label): the train and dev classes of the offline data are disjoint, so a label term would
+          teach the 500 train classes only.
+Both write OUT as a SLIM model directory (slim_config.json + compressors, base in OUT/base).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from slim_rt.classifier import MEAN, STD
+from slim_rt.sampler import FewStepSampler, alphas_cumprod_from_config, path_point
+from slim_rt.training.config import TrainConfig
+from slim_rt.training.trainer import Stage
+
+
+def machine_kl(clf, rec01: torch.Tensor, ref01: torch.Tensor) -> torch.Tensor:
+    """KL(p(ref) || p(rec)) of the frozen classifier, both at their own (native) resolution."""
+    with torch.no_grad():
+        target = F.log_softmax(clf((ref01 - MEAN) / STD), -1)
+    logp = F.log_softmax(clf((rec01 - MEAN) / STD), -1)
+    return F.kl_div(logp, target, log_target=True, reduction="batchmean")
+
+
+def zero_output(unet) -> None:
+    """Zero the UNet's last conv: its epsilon is 0, so every K-step decode returns x_hat (identity)."""
+    torch.nn.init.zeros_(unet.conv_out.weight)
+    torch.nn.init.zeros_(unet.conv_out.bias)
+
+
+class _EnhanceBase(Stage):
+    """Shared by both stages: the SLIM model (frozen base + compressors), a trainable UNet, captions."""
+
+    def __init__(self, cfg: TrainConfig, model_dir: str | Path, masks, dataset):
+        from slim_rt.models.slim import SlimModel
+        self.cfg, self.masks, self.dataset = cfg, masks, dataset
+        self.model = SlimModel.from_pretrained(model_dir)
+        if self.model.base.unet is None:
+            raise ValueError(f"{model_dir}: the base has no UNet to train")
+        self.model.base.vae.requires_grad_(False)
+        self.unet = self.model.base.unet.float().train().requires_grad_(True)
+        sched = self.model.base.scheduler_config
+        self.alphas_cumprod = alphas_cumprod_from_config(sched)
+        self.prediction_type = sched.get("prediction_type", "epsilon")
+        self.t0 = self.model.config.enhance.t0
+        self.sampler = FewStepSampler(self.alphas_cumprod, self.t0, self.prediction_type,
+                                      self.model.config.enhance.timesteps)
+        self._ctx: dict[str, torch.Tensor] = {}
+        self.clf = None
+        if cfg.task_weight > 0:
+            from slim_rt.classifier import load_efficientnet_lite0
+            self.clf = load_efficientnet_lite0()
+
+    def modules(self):
+        return {"unet": self.unet}
+
+    def parameters_groups(self):
+        return [(list(self.unet.parameters()), self.cfg.lr)]
+
+    @torch.no_grad()
+    def context(self, captions: list[str]) -> torch.Tensor:
+        missing = [c for c in dict.fromkeys(captions) if c not in self._ctx]
+        if missing:
+            self._ctx.update(zip(missing, self.model.base.encode_text(missing, "cpu")))
+        return torch.stack([self._ctx[c] for c in captions])
+
+    def unet_fn(self, x, t, ctx):
+        return self.unet(x, t, encoder_hidden_states=ctx).sample
+
+    def x0_estimate(self, out, x_t, abar):
+        a, s = abar.sqrt().view(-1, 1, 1, 1), (1 - abar).sqrt().view(-1, 1, 1, 1)
+        if self.prediction_type == "epsilon":
+            return (x_t - s * out) / a
+        if self.prediction_type == "v_prediction":
+            return a * x_t - s * out
+        return out
+
+    def decode01(self, latent):
+        return ((self.model.base.decode_latent(latent) + 1) / 2).clamp(0, 1)
+
+    def roi_mse(self, pred, target, m):
+        se = (pred - target).pow(2)
+        d_roi, d_bg = (m * se).mean(), ((1 - m) * se).mean()
+        return d_roi + self.cfg.background_weight * d_bg, d_roi
+
+    def save(self, out: Path):
+        """OUT becomes a SLIM model directory: config + compressors, the base (new UNet) in OUT/base."""
+        from slim_rt.models.slim import SlimModel
+        base_root = Path(self.model.base.source)
+        dest = out / "base"
+        dest.mkdir(parents=True, exist_ok=True)
+        for item in ("vae", "scheduler", "text_encoder", "tokenizer", "text_encoder.json"):
+            src = base_root / item
+            if src.resolve() == (dest / item).resolve():
+                continue
+            if src.is_dir():
+                shutil.copytree(src, dest / item, dirs_exist_ok=True)
+            elif src.is_file():
+                shutil.copy(src, dest / item)
+        getattr(self.unet, "module", self.unet).save_pretrained(dest / "unet")
+        cfg = dataclasses.replace(self.model.config, base="base", enhance=self.enhance_config(), rates=())
+        SlimModel.save_compressors(out, cfg, self.model.compressors)
+
+    def enhance_config(self):
+        return self.model.config.enhance
+
+
+class EnhancerStage(_EnhanceBase):
+    name = "enhancer"
+
+    def __init__(self, cfg: TrainConfig, model_dir: str | Path, masks, dataset):
+        super().__init__(cfg, model_dir, masks, dataset)
+        from slim_rt.training.stages import encode_dataset
+        if cfg.zero_init:
+            zero_output(self.unet)
+        self.abar_t0 = float(self.alphas_cumprod[self.t0])
+        self.schedule_ts = sorted({t for k in (1, 2, 4) for t in self.sampler.schedule(k).timesteps})
+        self.latents = encode_dataset(self.model.base, dataset)
+
+    def _crop_latents(self, batch):
+        c = self.cfg.crop // 8
+        lats = []
+        for i, (top, left, flip) in zip(batch["index"].tolist(), batch["crop"].tolist()):
+            lat = self.latents[i][:, top // 8:top // 8 + c, left // 8:left // 8 + c]
+            lats.append(lat.flip(-1) if flip else lat)
+        return torch.stack(lats)
+
+    def loss(self, batch, step):
+        x = self._crop_latents(batch)
+        B = x.shape[0]
+        with torch.no_grad():
+            r = int(torch.randint(0, self.model.num_rates, ()))
+            x_hat = self.model.compressors[r].eval()(x)["x_hat"]  # eval mode: hard rounding, as decoded
+            caps = [cap if random.random() > 0.1 else "" for cap in batch["caption"]]
+            ctx = self.context(caps)
+        on_sched = torch.rand(B) < 0.5
+        t = torch.where(on_sched, torch.tensor(self.schedule_ts)[torch.randint(len(self.schedule_ts), (B,))],
+                        torch.randint(1, self.t0 + 1, (B,)))
+        abar = self.alphas_cumprod[t].float()
+        x_t = path_point(x, x_hat, abar, self.abar_t0)
+        x0 = self.x0_estimate(self.unet_fn(x_t, t, ctx), x_t, abar)
+        m = F.avg_pool2d(self.masks.crop(batch["index"], batch["crop"], self.cfg.crop), 8)
+        loss, d_roi = self.roi_mse(x0, x, m)
+        logs = {"mse_roi": d_roi.item(), "mse_roi_k0": (m * (x_hat - x).pow(2)).mean().item()}
+        if self.clf is not None:
+            kl = machine_kl(self.clf, self.decode01(x0), batch["image"])
+            loss = loss + self.cfg.task_weight * kl
+            logs["kl"] = kl.item()
+        return loss, {"loss": loss.item(), **logs}
+
+
+class DistillStage(_EnhanceBase):
+    name = "distill"
+
+    def __init__(self, cfg: TrainConfig, model_dir: str | Path, masks, dataset):
+        super().__init__(cfg, model_dir, masks, dataset)
+        if not cfg.student_steps or any(not 1 <= k <= self.model.config.enhance.max_steps for k in cfg.student_steps):
+            raise ValueError(f"student_steps must be K values in [1, {self.model.config.enhance.max_steps}]")
+        self.cache = self._teacher_cache()
+
+    @torch.no_grad()
+    def _teacher_cache(self) -> dict[str, torch.Tensor]:
+        """Per image: the center crop (pixels, RoI mask, clean latent) and, per rate, x_hat and the
+        teacher's many-step guided output. The teacher is the starting UNet, frozen."""
+        from tqdm import tqdm
+        teacher = copy.deepcopy(self.unet).eval().requires_grad_(False)
+        fn = lambda x, t, c: teacher(x, t, encoder_hidden_states=c).sample  # noqa: E731
+        c, base = self.cfg.crop, self.model.base
+        imgs, masks = [], []
+        for i, im in enumerate(self.dataset.images):
+            H, W = im.shape[1:]
+            top, left = (H - c) // 2 // 8 * 8, (W - c) // 2 // 8 * 8
+            imgs.append(im[:, top:top + c, left:left + c])
+            masks.append(self.masks.masks[i][top:top + c, left:left + c])
+        imgs, masks = torch.stack(imgs), torch.stack(masks)[:, None]
+        uncond = self.context([""])
+        lat, xh, tgt = [], [[] for _ in self.model.compressors], [[] for _ in self.model.compressors]
+        bs = 25
+        for s in tqdm(range(0, len(imgs), bs), desc="teacher", leave=False):
+            x = base.encode_latent(imgs[s:s + bs] * 2 - 1)
+            ctx = self.context(self.dataset.captions[s:s + bs])
+            lat.append(x)
+            for r, comp in enumerate(self.model.compressors):
+                x_hat = comp.eval()(x)["x_hat"]
+                xh[r].append(x_hat)
+                tgt[r].append(self.sampler.run(fn, x_hat, ctx, self.cfg.teacher_steps, self.cfg.guidance, uncond))
+        return {"image": imgs, "mask": F.avg_pool2d(masks, 8), "x": torch.cat(lat),
+                "x_hat": torch.stack([torch.cat(v) for v in xh]), "teacher": torch.stack([torch.cat(v) for v in tgt])}
+
+    def loss(self, batch, step):
+        idx = batch["index"]
+        flip = batch["crop"][:, 2].bool().view(-1, 1, 1, 1)
+        f = lambda v: torch.where(flip, v.flip(-1), v)  # noqa: E731
+        r = int(torch.randint(0, self.model.num_rates, ()))
+        x_hat, target = f(self.cache["x_hat"][r, idx]), f(self.cache["teacher"][r, idx])
+        m, ref = f(self.cache["mask"][idx]), f(self.cache["image"][idx])
+        ctx = self.context([self.dataset.captions[i] for i in idx.tolist()])
+        k = random.choice(self.cfg.student_steps)
+        out = self.sampler.run(self.unet_fn, x_hat, ctx, k)
+        loss, d_roi = self.roi_mse(out, target, m)
+        logs = {"k": k, "mse_teacher_roi": d_roi.item(),
+                "mse_teacher_roi_k0": (m * (x_hat - target).pow(2)).mean().item()}
+        if self.clf is not None:
+            kl = machine_kl(self.clf, self.decode01(out), ref)
+            loss = loss + self.cfg.task_weight * kl
+            logs["kl"] = kl.item()
+        return loss, {"loss": loss.item(), **logs}
+
+    def enhance_config(self):
+        enh = self.model.config.enhance
+        return dataclasses.replace(enh, steps=min(self.cfg.student_steps), distilled=tuple(self.cfg.student_steps))
+
+
+__all__ = ["EnhancerStage", "DistillStage", "machine_kl", "zero_output"]
