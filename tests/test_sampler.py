@@ -3,7 +3,12 @@ import pytest
 import torch
 
 from slim_rt.config import ENHANCE_PRESETS, EnhanceConfig, SlimConfig
-from slim_rt.sampler import EnhanceSchedule, FewStepSampler, alphas_cumprod_from_config, path_point
+from slim_rt.sampler import (
+    EnhanceSchedule,
+    FewStepSampler,
+    alphas_cumprod_from_config,
+    path_point,
+)
 
 ABAR = alphas_cumprod_from_config({})  # SD 1.x / 2.x / Turbo betas
 

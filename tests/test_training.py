@@ -4,14 +4,14 @@ import json
 import shutil
 
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image
 
 import slim_rt
-from slim_rt.config import SlimConfig
 from slim_rt.captions import FixedCaptioner
 from slim_rt.cli import main
+from slim_rt.config import SlimConfig
 from slim_rt.training import PRESETS, with_overrides
 from slim_rt.training.stages import assemble
 

@@ -173,11 +173,30 @@ class EnhancerStage(_EnhanceBase):
 class DistillStage(_EnhanceBase):
     name = "distill"
 
-    def __init__(self, cfg: TrainConfig, model_dir: str | Path, masks, dataset):
+    def __init__(self, cfg: TrainConfig, model_dir: str | Path, masks, dataset, cache_path: Path | None = None):
         super().__init__(cfg, model_dir, masks, dataset)
         if not cfg.student_steps or any(not 1 <= k <= self.model.config.enhance.max_steps for k in cfg.student_steps):
             raise ValueError(f"student_steps must be K values in [1, {self.model.config.enhance.max_steps}]")
-        self.cache = self._teacher_cache()
+        key = self._cache_key()
+        cached = torch.load(cache_path, weights_only=True) if cache_path and cache_path.is_file() else None
+        if cached is not None and cached.get("key") == key:
+            self.cache = cached["data"]
+        else:
+            self.cache = self._teacher_cache()
+            if cache_path is not None:
+                cache_path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"key": key, "data": self.cache}, cache_path)
+
+    def _cache_key(self) -> str:
+        """What the teacher targets depend on: teacher weights, schedule, crops, images, compressors."""
+        import hashlib
+        h = hashlib.sha256()
+        for k, v in sorted(self.unet.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes())
+        h.update(repr((self.cfg.teacher_steps, self.cfg.guidance, self.cfg.crop, self.cfg.resize, self.t0,
+                       [f.name for f in self.dataset.files], self.model.fingerprint_hex)).encode())
+        return h.hexdigest()
 
     @torch.no_grad()
     def _teacher_cache(self) -> dict[str, torch.Tensor]:

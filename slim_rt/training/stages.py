@@ -225,8 +225,11 @@ def run(cfg: TrainConfig, data: str | Path, out: str | Path, base: str | Path | 
     if cfg.stage in ("enhancer", "distill"):  # --base is a SLIM model directory here
         from slim_rt.training.enhance import DistillStage, EnhancerStage
         masks = MaskProvider(cfg.roi, ds, cache_dir=out / "roi-cache")
-        cls = EnhancerStage if cfg.stage == "enhancer" else DistillStage
-        return {cfg.stage: train(cls(cfg, base, masks, ds), ds, cfg, out, progress=progress)}
+        if cfg.stage == "enhancer":
+            stage = EnhancerStage(cfg, base, masks, ds)
+        else:  # teacher targets are computed once and kept in OUT (resume, or copy to a sibling run)
+            stage = DistillStage(cfg, base, masks, ds, cache_path=out / "teacher-cache.pt")
+        return {cfg.stage: train(stage, ds, cfg, out, progress=progress)}
     if cfg.stage != "compressor":
         raise ValueError(f"unknown stage {cfg.stage!r} (base-vae, base-unet, compressor, enhancer, distill)")
     masks = MaskProvider(cfg.roi, ds, cache_dir=out / "roi-cache")
