@@ -122,3 +122,30 @@ def test_cli_parser_has_eval():
     from slim_rt.cli import build_parser
     a = build_parser().parse_args(["eval", "--data", "d", "--steps", "0,1", "--limit", "5", "--threads", "1"])
     assert a.fn.__name__ == "cmd_eval" and a.steps == ["0,1"] and a.limit == 5 and a.caption_mode == "auto"
+
+
+def test_teacher_eval_and_enhancement_report(ev, data_dir, tiny_dir, tmp_path):
+    """A many-step guided decode (beyond the bitstream's K limit) is evaluated on the same bitstreams,
+    UNet time is recorded, and benchmarks/enhance_report.py merges student, teacher and ablations."""
+    kw = dict(model=str(tiny_dir), out_dir=tmp_path, codecs="slim", batch=4, threads=1, log=lambda m: None)
+    main = ev.run_eval(data_dir, steps=[0, 1, 2], **kw)
+    teacher = ev.run_eval(data_dir, steps=[12], guidance=2.0, tag="teacher", **kw)
+    none = ev.run_eval(data_dir, steps=[1], caption_mode="none", **kw)
+    assert teacher["guidance"] == 2.0 and {a["curve"] for a in teacher["settings"]} == {"slim-k12-g2"}
+    t = {a["rate"]: a for a in teacher["settings"]}
+    m = {(a["rate"], a["steps"]): a for a in main["settings"]}
+    for r, a in t.items():
+        assert a["bytes"] == m[(r, 0)]["bytes"]  # same bitstreams
+        assert a["unet_ms"] > m[(r, 1)]["unet_ms"] > 0 == m[(r, 0)]["unet_ms"]
+    spec = importlib.util.spec_from_file_location("slim_rt_enh_report", ROOT / "benchmarks" / "enhance_report.py")
+    rep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rep)
+    out = tmp_path / "enh"
+    assert rep.main(["--main", main["files"]["json"], "--teacher", teacher["files"]["json"],
+                     "--ablation", f"none={none['files']['json']}", "--out", str(out)]) == 0
+    md = out.with_suffix(".md").read_text()
+    assert "teacher (12 steps, CFG 2)" in md and "none caption" in md
+    s = json.loads(out.with_suffix(".json").read_text())
+    for r, v in s["rates"].items():
+        assert v["teacher"] == t[int(r)]["top1"] and v["best_k"] in (1, 2)
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
