@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -35,6 +37,15 @@ def test_base_override_and_fingerprint_changes(tiny_dir, foreign_dir):
     b = SlimModel.from_pretrained(tiny_dir, base=str(foreign_dir))
     assert a.fingerprint != b.fingerprint or a.base.configs() == b.base.configs()
     assert a.fingerprint == SlimModel.from_pretrained(tiny_dir).fingerprint
+
+
+def test_fingerprint_does_not_depend_on_location(tiny_dir, tmp_path):
+    """The same model copied elsewhere (another install, another folder) decodes the same files."""
+    import shutil
+    moved = shutil.copytree(tiny_dir, tmp_path / "elsewhere" / "model")
+    a, b = SlimModel.from_pretrained(tiny_dir), SlimModel.from_pretrained(moved)
+    assert a.fingerprint_hex == b.fingerprint_hex
+    assert "_name_or_path" not in json.dumps(a.base.configs())
 
 
 def test_slim_tiny_or_clear_error():

@@ -39,12 +39,17 @@ class BaseModel:
         return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
 
     def configs(self) -> dict:
-        """The component configs (they identify the base in the model fingerprint)."""
-        out = {"vae": dict(self.vae.config), "scheduler": self.scheduler_config}
+        """The component configs (they identify the base in the model fingerprint). Where the base was
+        loaded from and the library versions that wrote it (_name_or_path, _diffusers_version,
+        transformers_version, ...) are left out: the same model must have the same fingerprint in
+        every install and directory."""
+        out = {"vae": dict(self.vae.config), "scheduler": dict(self.scheduler_config)}
         if self.unet is not None:
             out["unet"] = dict(self.unet.config)
         if self.text_encoder is not None:
             out["text_encoder"] = self.text_encoder.config.to_dict()
+        out = {name: {k: v for k, v in cfg.items() if k == "_class_name" or not (k.startswith("_") or k.endswith("_version"))}
+               for name, cfg in out.items()}
         return json.loads(json.dumps(out, default=str))
 
     def to(self, device, dtype=None) -> "BaseModel":
