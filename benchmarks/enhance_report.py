@@ -104,7 +104,7 @@ def plot(main: dict, teacher: dict | None, path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     curves: dict[str, list[dict]] = {}
     for a in main["settings"]:
-        if a["curve"].startswith("slim") or a["curve"] in ("jpeg", "webp", "avif"):
+        if a["curve"] != "original":
             curves.setdefault(a["curve"], []).append(a)
     for a in (teacher["settings"] if teacher else []):
         curves.setdefault(f"teacher ({a['steps']} steps, CFG {teacher.get('guidance', 1):g})", []).append(a)
