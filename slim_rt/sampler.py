@@ -91,9 +91,13 @@ class FewStepSampler:
                                     self.timesteps.get(steps))
 
     @staticmethod
-    def step(model_out: Tensor, x: Tensor, abar: float, abar_next: float, prediction_type: str) -> Tensor:
-        """One DDIM (eta=0) step x_t -> x_{t_next}."""
-        a, s = math.sqrt(abar), math.sqrt(1 - abar)
+    def step(model_out: Tensor, x: Tensor, abar: float | Tensor, abar_next: float, prediction_type: str) -> Tensor:
+        """One DDIM (eta=0) step x_t -> x_{t_next}; abar_next = 1 gives the x0 estimate. abar may be a
+        per-sample tensor broadcastable to x (training at random timesteps)."""
+        if isinstance(abar, Tensor):
+            a, s = abar.sqrt(), (1 - abar).sqrt()
+        else:
+            a, s = math.sqrt(abar), math.sqrt(1 - abar)
         if prediction_type == "epsilon":
             x0, eps = (x - s * model_out) / a, model_out
         elif prediction_type == "v_prediction":

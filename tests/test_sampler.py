@@ -82,3 +82,14 @@ def test_enhance_config_round_trip_and_presets():
         EnhanceConfig(steps=2, timesteps={"2": [100]})
     with pytest.raises(ValueError):
         EnhanceConfig(steps=9)
+
+
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction", "sample"])
+def test_step_with_per_sample_abar_matches_scalar(pred):
+    """Training takes one step per sample at different timesteps: tensor abar == scalar abar each."""
+    out, x = _data(5)
+    t = torch.tensor([10, 120, 200])
+    got = FewStepSampler.step(out, x, ABAR[t].view(-1, 1, 1, 1), 1.0, pred)
+    for i in range(3):
+        ref = FewStepSampler.step(out[i:i + 1], x[i:i + 1], float(ABAR[t[i]]), 1.0, pred)
+        assert torch.allclose(got[i:i + 1], ref, atol=1e-12)

@@ -89,12 +89,8 @@ class _EnhanceBase(Stage):
         return self.unet(x, t, encoder_hidden_states=ctx).sample
 
     def x0_estimate(self, out, x_t, abar):
-        a, s = abar.sqrt().view(-1, 1, 1, 1), (1 - abar).sqrt().view(-1, 1, 1, 1)
-        if self.prediction_type == "epsilon":
-            return (x_t - s * out) / a
-        if self.prediction_type == "v_prediction":
-            return a * x_t - s * out
-        return out
+        """The UNet's clean-latent estimate at per-sample abar [B] (a DDIM step to abar = 1)."""
+        return self.sampler.step(out, x_t, abar.view(-1, 1, 1, 1), 1.0, self.prediction_type)
 
     def decode01(self, latent):
         return ((self.model.base.decode_latent(latent) + 1) / 2).clamp(0, 1)
