@@ -98,32 +98,18 @@ def report(main: dict, teacher: dict | None, ablations: dict[str, dict]) -> tupl
 
 
 def plot(main: dict, teacher: dict | None, path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    curves: dict[str, list[dict]] = {}
-    for a in main["settings"]:
-        if a["curve"] != "original":
-            curves.setdefault(a["curve"], []).append(a)
-    for a in (teacher["settings"] if teacher else []):
-        curves.setdefault(f"teacher ({a['steps']} steps, CFG {teacher.get('guidance', 1):g})", []).append(a)
-    for name, pts in curves.items():
-        pts = sorted(pts, key=lambda a: a["bpp"])
-        slim = name.startswith(("slim", "teacher"))
-        ax.plot([a["bpp"] for a in pts], [a["top1"] for a in pts], "o-" if slim else ".--", label=name,
-                lw=2 if slim else 1)
-    ax.axhline(main["reference"]["top1"], color="gray", ls=":", label="uncompressed")
-    ax.set_xscale("log")
-    ax.set_xlabel("bits per pixel (256x256, whole file)")
-    ax.set_ylabel("top-1 accuracy (EfficientNet-Lite0)")
-    ax.set_ylim(0, 1)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"{main['model']}: enhancement K vs teacher vs baselines ({main['n_images']} dev images)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """eval.py's top-1 vs bpp plot over the student's curves, the teacher's and the baselines."""
+    import importlib.util
+    import sys
+    name = "slim_rt_bench_eval"
+    ev = sys.modules.get(name)
+    if ev is None:  # benchmarks/ is a folder of scripts, not a package: load the sibling file
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("eval.py"))
+        ev = sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ev)
+    label = f"slim teacher ({teacher['steps'][0]} steps, CFG {teacher.get('guidance', 1):g})" if teacher else ""
+    extra = [dict(a, curve=label) for a in teacher["settings"]] if teacher else []
+    ev.plot(dict(main, settings=extra + main["settings"], name=f"{main['model']}: enhancement K vs teacher"), path)
 
 
 def main(argv=None) -> int:

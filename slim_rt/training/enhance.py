@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from slim_rt.classifier import MEAN, STD
 from slim_rt.sampler import FewStepSampler, alphas_cumprod_from_config, path_point
 from slim_rt.training.config import TrainConfig
+from slim_rt.training.stages import crop_latents, encode_dataset
 from slim_rt.training.trainer import Stage
 
 
@@ -127,23 +128,14 @@ class EnhancerStage(_EnhanceBase):
 
     def __init__(self, cfg: TrainConfig, model_dir: str | Path, masks, dataset):
         super().__init__(cfg, model_dir, masks, dataset)
-        from slim_rt.training.stages import encode_dataset
         if cfg.zero_init:
             zero_output(self.unet)
         self.abar_t0 = float(self.alphas_cumprod[self.t0])
         self.schedule_ts = sorted({t for k in (1, 2, 4) for t in self.sampler.schedule(k).timesteps})
         self.latents = encode_dataset(self.model.base, dataset)
 
-    def _crop_latents(self, batch):
-        c = self.cfg.crop // 8
-        lats = []
-        for i, (top, left, flip) in zip(batch["index"].tolist(), batch["crop"].tolist()):
-            lat = self.latents[i][:, top // 8:top // 8 + c, left // 8:left // 8 + c]
-            lats.append(lat.flip(-1) if flip else lat)
-        return torch.stack(lats)
-
     def loss(self, batch, step):
-        x = self._crop_latents(batch)
+        x = crop_latents(self.latents, batch, self.cfg.crop)
         B = x.shape[0]
         with torch.no_grad():
             r = int(torch.randint(0, self.model.num_rates, ()))

@@ -150,14 +150,6 @@ class CompressorStage(Stage):
         # the base is frozen: encode every (resized) image once; crops are cut in latent space
         self.latents = latents if latents is not None else encode_dataset(self.base, dataset)
 
-    def _latent_batch(self, batch) -> torch.Tensor:
-        c = self.cfg.crop // 8
-        out = []
-        for i, (top, left, flip) in zip(batch["index"].tolist(), batch["crop"].tolist()):
-            lat = self.latents[i][:, top // 8:top // 8 + c, left // 8:left // 8 + c]
-            out.append(lat.flip(-1) if flip else lat)
-        return torch.stack(out)
-
     def modules(self):
         return {"comp": self.comp}
 
@@ -168,7 +160,7 @@ class CompressorStage(Stage):
 
     def loss(self, batch, step):
         x01 = batch["image"]
-        lat = self._latent_batch(batch).to(x01.device)
+        lat = crop_latents(self.latents, batch, self.cfg.crop).to(x01.device)
         comp = getattr(self.comp, "module", self.comp)
         out = comp(lat)
         npix = x01.shape[0] * x01.shape[2] * x01.shape[3]
@@ -199,6 +191,16 @@ class CompressorStage(Stage):
 
         from slim_rt.models.slim import compressor_state
         save_file(compressor_state(comp), str(out / "compressor.safetensors"))
+
+
+def crop_latents(latents: list[torch.Tensor], batch: dict, crop: int) -> torch.Tensor:
+    """The batch's pixel crops (index, top/left/flip on the /8 grid) cut from cached latents -> [B,C,c/8,c/8]."""
+    c = crop // 8
+    out = []
+    for i, (top, left, flip) in zip(batch["index"].tolist(), batch["crop"].tolist()):
+        lat = latents[i][:, top // 8:top // 8 + c, left // 8:left // 8 + c]
+        out.append(lat.flip(-1) if flip else lat)
+    return torch.stack(out)
 
 
 @torch.no_grad()
