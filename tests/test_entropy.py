@@ -33,3 +33,83 @@ def test_tables_cached():
     gc.update()
     a = gc._tables.get(gc)
     assert gc._tables.get(gc) is a
+
+
+# -- the bounds-checked coder (slim_rt.entropy.coder) ---------------------------------------------
+import hashlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from slim_rt.entropy import coder  # noqa: E402
+from slim_rt.errors import BitstreamError  # noqa: E402
+
+
+def _integer_tables(n_tables=5):
+    """Hand-made integer CDF rows (no float step anywhere): row k has 3 + 2k regular symbols."""
+    width = 3 + 2 * (n_tables - 1) + 2
+    cdf = np.zeros((n_tables, width), np.int32)
+    lengths, offsets = [], []
+    for k in range(n_tables):
+        n = 3 + 2 * k + 1                        # regular symbols + escape
+        f = np.array([(j + 1) * (n - j) for j in range(n)], np.int64)
+        f = f * 60000 // f.sum()
+        f[n // 2] += 65536 - f.sum()
+        cdf[k, 1:n + 1] = np.cumsum(f)
+        lengths.append(n + 1)
+        offsets.append(-(n // 2))
+    return coder.Tables(cdf, np.array(lengths), np.array(offsets))
+
+
+def _symbols(tables, n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(tables), n)
+    sym = np.round(rng.standard_normal(n) * (1 + idx)).astype(np.int32)
+    sym[::97] = rng.integers(-2**31 + 128, 2**31 - 128, len(sym[::97]))  # every escape class
+    sym[5::211] = rng.integers(-300, 300, len(sym[5::211]))
+    return sym, idx.astype(np.int32)
+
+
+def test_coder_roundtrip_all_escape_classes():
+    t = _integer_tables()
+    sym, idx = _symbols(t)
+    data = coder.encode(sym, idx, t)
+    assert np.array_equal(coder.decode(data, idx, t), sym)
+    assert np.array_equal(coder.decode(coder.encode(sym[:0], idx[:0], t), idx[:0], t), sym[:0])
+
+
+def test_coder_golden_stream():
+    """The stream bytes are the format: a constriction upgrade that changed them must fail here."""
+    t = _integer_tables()
+    sym, idx = _symbols(t, seed=1)
+    data = coder.encode(sym, idx, t)
+    assert hashlib.sha256(data).hexdigest()[:16] == GOLDEN, hashlib.sha256(data).hexdigest()[:16]
+
+
+GOLDEN = "ea8d564a30c59f72"  # constriction 0.5.0, format version 2
+
+
+@pytest.mark.parametrize("stream", [b"\xff" * (1 << 20), b"\xff" * 4096, b"\x00\x00\x00\x01", b"",
+                                    b"\x00" * 64, bytes(range(256)) * 16])
+def test_coder_crafted_streams_raise(stream):
+    t = _integer_tables()
+    _, idx = _symbols(t, n=20000)
+    with pytest.raises(BitstreamError):
+        coder.decode(stream, idx, t)
+
+
+def test_coder_truncated_extended_and_flipped():
+    t = _integer_tables()
+    sym, idx = _symbols(t)
+    data = coder.encode(sym, idx, t)
+    for bad in (data[:-4], data[4:], data + b"\x01\0\0\0", data[:-1]):
+        with pytest.raises(BitstreamError):
+            coder.decode(bad, idx, t)
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # a flipped bit: an error, or (rarely) other symbols of the same count
+        b = bytearray(data)
+        b[rng.integers(len(b))] ^= 1 << int(rng.integers(8))
+        try:
+            assert coder.decode(bytes(b), idx, t).shape == sym.shape
+        except BitstreamError:
+            pass

@@ -5,65 +5,62 @@
 *integer* index computed by the exact scale path (slim_rt.kernels.scale_indexes), never by
 comparing floating-point scales - so encoder and decoder cannot disagree across devices.
 
-Coding runs in CompressAI's C++ rANS coder; the CDF tables are converted to the coder's list
-form once (`_tables`) and reused, so a call does no per-symbol Python work beyond one
-tensor -> list conversion of the symbols and indexes.
+Coding runs in slim_rt.entropy.coder (bounds-checked ANS on `constriction`, memory safe: a
+crafted stream gives BitstreamError, never an out-of-bounds read); the integer CDF tables are
+converted to the coder's models once (`_tables`) and reused, so a call does no per-symbol Python
+work. CompressAI provides the training-time entropy models and the integer tables only.
 """
 from __future__ import annotations
 
 import math
-
-import torch
+import threading
 import warnings
+
+import numpy as np
+import torch
 
 with warnings.catch_warnings():  # compressai calls the deprecated torch.jit.script at import
     warnings.simplefilter("ignore", FutureWarning)
-    from compressai.ans import RansDecoder, RansEncoder
     from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor
 
 from slim_rt import kernels
+from slim_rt.entropy import coder
 from slim_rt.kernels.reference import scale_table as make_scale_table
 
 
 class _TableCache:
-    """Python-list views of an entropy model's CDF buffers, rebuilt only when they change."""
+    """The coder's models for an entropy model's CDF buffers, rebuilt only when they change."""
 
     def __init__(self):
+        self._lock = threading.Lock()
         self._key = None
         self._value = None
 
-    def get(self, model) -> tuple[list, list, list]:
+    def get(self, model) -> coder.Tables:
         cdf, length, offset = model._quantized_cdf, model._cdf_length, model._offset
         if cdf.numel() == 0:
             raise RuntimeError("entropy model has no CDF tables: call update() after training")
         key = (cdf.data_ptr(), cdf.shape, int(cdf.sum()), length.data_ptr(), offset.data_ptr())
-        if key != self._key:
-            self._value = (cdf.tolist(), length.reshape(-1).int().tolist(), offset.reshape(-1).int().tolist())
-            self._key = key
-        return self._value
+        with self._lock:
+            if key != self._key:
+                self._value = coder.Tables(cdf.cpu().numpy(), length.cpu().numpy(), offset.cpu().numpy())
+                self._key = key
+            return self._value
 
 
-def _encode(symbols: Tensor, indexes: Tensor, tables) -> list[bytes]:
-    """symbols, indexes: [B, ...] int32 -> one rANS string per batch item."""
-    cdf, length, offset = tables
-    enc = RansEncoder()
-    sym = symbols.reshape(symbols.shape[0], -1).cpu().tolist()
-    idx = indexes.reshape(indexes.shape[0], -1).cpu().tolist()
-    return [enc.encode_with_indexes(s, i, cdf, length, offset) for s, i in zip(sym, idx)]
+def _encode(symbols: Tensor, indexes: Tensor, tables: coder.Tables) -> list[bytes]:
+    """symbols, indexes: [B, ...] int32 -> one stream per batch item."""
+    sym = symbols.reshape(symbols.shape[0], -1).cpu().numpy()
+    idx = indexes.reshape(indexes.shape[0], -1).cpu().numpy()
+    return [coder.encode(s, i, tables) for s, i in zip(sym, idx)]
 
 
-def _decode(strings: list[bytes], indexes: Tensor, tables) -> Tensor:
-    """Inverse of `_encode`: -> symbols int32 with the shape of `indexes`."""
-    cdf, length, offset = tables
-    dec = RansDecoder()
-    idx = indexes.reshape(indexes.shape[0], -1).cpu().tolist()
-    # CompressAI's C++ decoder does no bounds checks: a crafted stream (valid CRC, garbage payload)
-    # could read past its end. A valid stream never does; zero padding of one 32-bit word per
-    # symbol keeps the renormalisation reads of any stream inside our buffer.
-    pad = b"\0" * (4 * (len(idx[0]) + 64)) if idx else b""
-    out = [dec.decode_with_indexes(s + pad, i, cdf, length, offset) for s, i in zip(strings, idx)]
-    return torch.tensor(out, dtype=torch.int32).reshape(indexes.shape).to(indexes.device)
+def _decode(strings: list[bytes], indexes: Tensor, tables: coder.Tables) -> Tensor:
+    """Inverse of `_encode`: -> symbols int32 with the shape of `indexes` (BitstreamError if corrupt)."""
+    idx = indexes.reshape(indexes.shape[0], -1).cpu().numpy()
+    out = np.stack([coder.decode(s, i, tables) for s, i in zip(strings, idx)]) if len(strings) else idx
+    return torch.from_numpy(out.astype(np.int32, copy=False)).reshape(indexes.shape).to(indexes.device)
 
 
 class FactorizedEntropy(EntropyBottleneck):
