@@ -7,17 +7,37 @@
 """
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 import torch
 
 from slim_rt import bitstream as bsf
 from slim_rt.captions import Captioner, ClassifierCaptioner
+from slim_rt.errors import ResourceLimitError
 from slim_rt.images import to_pil, to_tensor
 from slim_rt.models.slim import SlimModel
 from slim_rt.pipeline import Pipeline
 
 DEFAULT_MODEL = "slim-tiny"
+# Pixels one call may process (per image, and per batch of same-size images) unless the caller
+# raises it; peak memory grows linearly with pixels (docs/memory.md), so this bounds memory and work
+# before any is done - a 38-byte file declaring 8192x4880 is refused from its header.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+def _budget_chunks(idx: list[int], pixels: int, max_pixels: int, what: str) -> list[list[int]]:
+    """Same-size items -> batches of at most `max_pixels` pixels; one item over it is refused."""
+    if pixels > max_pixels:
+        raise ResourceLimitError(f"{what} has {pixels / 1e6:.1f} MP, over this {'decoder' if what == 'bitstream' else 'encoder'}'s "
+                                 f"budget of {max_pixels / 1e6:.1f} MP (max_pixels; see docs/memory.md)")
+    per = max(1, max_pixels // pixels)
+    return [idx[i:i + per] for i in range(0, len(idx), per)]
+
+
+def _add_other(timings: dict[str, float], t0: float) -> None:
+    """'other': the call's wall time outside every stage (parsing, padding, conversions)."""
+    timings["other"] = max(0.0, (time.perf_counter() - t0) * 1e3 - sum(timings.values()))
 BACKENDS = ("torch", "torch.compile")
 ENGINE_BACKENDS = ("ort", "trt")
 
@@ -86,10 +106,11 @@ def _make_engine_pipeline(export_dir, backend, device, stages=None, overrides=No
 
 class Encoder:
     def __init__(self, pipeline: Pipeline, rate: int = 0, captioner: Captioner | None = None,
-                 steps: int | None = None):
+                 steps: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         pipeline._check_rate(rate)
         self.pipeline = pipeline
         self.rate = rate
+        self.max_pixels = max_pixels
         self._captioner = captioner
         self.steps = pipeline.model.config.enhance.steps if steps is None else steps
         if "unet" not in pipeline.stages:
@@ -99,17 +120,20 @@ class Encoder:
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, *, rate: int = 0, device="cpu",
                         backend: str = "torch", captioner: Captioner | None = None, steps: int | None = None,
-                        dtype: torch.dtype | None = None, local_files_only: bool = False) -> "Encoder":
-        return cls(_make_pipeline(name_or_path, device, backend, dtype, local_files_only), rate, captioner, steps)
+                        dtype: torch.dtype | None = None, local_files_only: bool = False,
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> "Encoder":
+        return cls(_make_pipeline(name_or_path, device, backend, dtype, local_files_only), rate, captioner, steps,
+                   max_pixels)
 
     @classmethod
     def from_engines(cls, export_dir, backend: str = "ort", *, rate: int = 0, device="cpu",
                      captioner: Captioner | None = None, steps: int | None = None, stages: dict | None = None,
-                     overrides: dict | None = None, verify: bool = True, providers: list | None = None) -> "Encoder":
+                     overrides: dict | None = None, verify: bool = True, providers: list | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> "Encoder":
         """An Encoder on an exported directory (`slim-rt export`): backend "ort" or "trt"; per-stage
         `overrides={"unet": "torch"|"ort"|"trt"}` or `stages={key: callable}`."""
         return cls(_make_engine_pipeline(export_dir, backend, device, stages, overrides, verify, providers),
-                   rate, captioner, steps)
+                   rate, captioner, steps, max_pixels)
 
     @property
     def model(self) -> SlimModel:
@@ -124,7 +148,7 @@ class Encoder:
 
     @property
     def timings(self) -> dict[str, float]:
-        """Per-stage milliseconds of the last call."""
+        """Per-stage milliseconds of this thread's last call ("other": time outside the stages)."""
         return dict(self.pipeline.timings)
 
     def encode(self, image, caption: str | None = None, *, rate: int | None = None) -> bytes:
@@ -135,43 +159,54 @@ class Encoder:
     def encode_batch(self, images: list, captions: list[str | None] | None = None, *,
                      rate: int | None = None) -> list[bytes]:
         rate = self.rate if rate is None else rate
+        t0 = time.perf_counter()
+        with self.pipeline.call_timer() as timer:
+            out = self._encode_batch(images, captions, rate)
+            _add_other(timer.timings, t0)
+        return out
+
+    def _encode_batch(self, images: list, captions: list[str | None] | None, rate: int) -> list[bytes]:
         tensors = [to_tensor(im) for im in images]
         if captions is not None and len(captions) != len(tensors):
             raise ValueError(f"{len(captions)} captions for {len(tensors)} images")
-        caps: list[str | None] = list(captions) if captions is not None else [None] * len(tensors)
-        need = [i for i, c in enumerate(caps) if c is None]
-        for i in need:  # per image: images may differ in size
-            caps[i] = self.captioner(tensors[i][None].to(self.pipeline.device))[0]
-        out: list[bytes | None] = [None] * len(tensors)
-        timings: dict[str, float] = {}
         groups = defaultdict(list)
         for i, t in enumerate(tensors):
             groups[tuple(t.shape)].append(i)
-        for idx in groups.values():
+        batches = [b for shape, idx in groups.items()
+                   for b in _budget_chunks(idx, shape[1] * shape[2], self.max_pixels, "image")]
+        caps: list[str | None] = list(captions) if captions is not None else [None] * len(tensors)
+        for i in [i for i, c in enumerate(caps) if c is None]:  # per image: images may differ in size
+            caps[i] = self.captioner(tensors[i][None].to(self.pipeline.device))[0]
+        out: list[bytes | None] = [None] * len(tensors)
+        for idx in batches:
             batch = torch.stack([tensors[i] for i in idx])
             for i, data in zip(idx, self.pipeline.encode(batch, [caps[i] for i in idx], rate, self.steps)):
                 out[i] = data
-            for k, v in self.pipeline.timings.items():
-                timings[k] = timings.get(k, 0.0) + v
-        self.pipeline.timings = timings
         return out  # type: ignore[return-value]
 
 
 class Decoder:
-    def __init__(self, pipeline: Pipeline):
+    """max_pixels: the most pixels one call decodes (per image and per batch), checked from the header
+    before any work; bitstreams over it raise ResourceLimitError (see docs/memory.md for the memory)."""
+
+    def __init__(self, pipeline: Pipeline, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.pipeline = pipeline
+        self.max_pixels = max_pixels
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, *, device="cpu", backend: str = "torch",
-                        dtype: torch.dtype | None = None, local_files_only: bool = False) -> "Decoder":
-        return cls(_make_pipeline(name_or_path, device, backend, dtype, local_files_only))
+                        dtype: torch.dtype | None = None, local_files_only: bool = False,
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> "Decoder":
+        return cls(_make_pipeline(name_or_path, device, backend, dtype, local_files_only), max_pixels)
 
     @classmethod
     def from_engines(cls, export_dir, backend: str = "ort", *, device="cpu", stages: dict | None = None,
-                     overrides: dict | None = None, verify: bool = True, providers: list | None = None) -> "Decoder":
+                     overrides: dict | None = None, verify: bool = True, providers: list | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> "Decoder":
         """A Decoder on an exported directory alone (no original model dir needed); its fingerprint is
         the exporting model's, so it decodes that model's bitstreams."""
-        return cls(_make_engine_pipeline(export_dir, backend, device, stages, overrides, verify, providers))
+        return cls(_make_engine_pipeline(export_dir, backend, device, stages, overrides, verify, providers),
+                   max_pixels)
 
     @property
     def model(self) -> SlimModel:
@@ -179,7 +214,7 @@ class Decoder:
 
     @property
     def timings(self) -> dict[str, float]:
-        """Per-stage milliseconds of the last call."""
+        """Per-stage milliseconds of this thread's last call ("other": time outside the stages)."""
         return dict(self.pipeline.timings)
 
     def decode(self, data: bytes, steps: int | None = None, output: str = "pil", guidance: float = 1.0):
@@ -191,20 +226,25 @@ class Decoder:
                      guidance: float = 1.0) -> list:
         if output not in ("pil", "tensor"):
             raise ValueError(f"output must be 'pil' or 'tensor', got {output!r}")
+        t0 = time.perf_counter()
+        with self.pipeline.call_timer() as timer:
+            out = self._decode_batch(datas, steps, output, guidance)
+            _add_other(timer.timings, t0)
+        return out
+
+    def _decode_batch(self, datas: list[bytes], steps: int | None, output: str, guidance: float) -> list:
         streams = [self.pipeline.parse(d) for d in datas]  # validates everything before any work
-        out: list = [None] * len(streams)
         groups = defaultdict(list)
         for i, s in enumerate(streams):
             k = s.header.steps if steps is None else steps
             groups[(s.header.width, s.header.height, s.header.rate, k)].append(i)
-        timings: dict[str, float] = {}
-        for (_, _, _, k), idx in groups.items():
+        batches = [(k, b) for (w, h, _, k), idx in groups.items()
+                   for b in _budget_chunks(idx, w * h, self.max_pixels, "bitstream")]
+        out: list = [None] * len(streams)
+        for k, idx in batches:
             imgs = self.pipeline.decode([streams[i] for i in idx], steps=k, guidance=guidance)
             for i, im in zip(idx, imgs):
                 out[i] = to_pil(im) if output == "pil" else im.cpu()
-            for name, v in self.pipeline.timings.items():
-                timings[name] = timings.get(name, 0.0) + v
-        self.pipeline.timings = timings
         return out
 
     def warmup(self, size: tuple[int, int] = (256, 256), steps: int | None = None) -> None:

@@ -15,3 +15,7 @@ class ModelMismatchError(SlimError, ValueError):
 
 class ModelLoadError(SlimError, OSError):
     """A model could not be found or loaded (missing directory, offline hub id, bad files)."""
+
+
+class ResourceLimitError(SlimError, ValueError):
+    """An image or bitstream is within the format but over a caller-set budget (e.g. Decoder.max_pixels)."""

@@ -10,6 +10,7 @@ decode: .slim -> [exact] z symbols -> hyper_synthesis -> means; indexes -> rANS^
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -26,28 +27,20 @@ from slim_rt.models.slim import SlimModel
 from slim_rt.sampler import FewStepSampler, alphas_cumprod_from_config
 
 MAX_DECODE_STEPS = 100  # a decoder may override the bitstream's K (<= bsf.MAX_STEPS) up to this
+CONTEXT_CACHE_BYTES = 1 << 20  # caption-context cache: captions (<= 255 bytes each) + their tensors
 
 
-class Pipeline:
-    def __init__(self, model: SlimModel, stages: dict[str, Stage], device="cpu", impl: str = "auto",
-                 dtype: torch.dtype = torch.float32):
-        self.model = model
-        self.stages = stages
-        self.device = torch.device(device)
-        self.impl = impl
-        self.dtype = dtype
-        sched = model.base.scheduler_config
-        enh = model.config.enhance
-        self.sampler = FewStepSampler(alphas_cumprod_from_config(sched), enh.t0,
-                                      sched.get("prediction_type", "epsilon"), enh.timesteps)
+class StageTimer:
+    """Per-call stage timings: exclusive wall milliseconds per stage name (nested time counted once).
+    One per call and thread, so concurrent calls on a shared Pipeline never mix their clocks."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
         self.timings: dict[str, float] = {}
         self._children: list[float] = []
-        self._contexts: OrderedDict[str, Tensor] = OrderedDict()
 
-    # -- helpers -----------------------------------------------------------------------------
     @contextmanager
-    def _timed(self, name: str):
-        """Exclusive wall time per stage name (a nested stage's time is not counted twice)."""
+    def timed(self, name: str):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._children.append(0.0)
@@ -62,6 +55,55 @@ class Pipeline:
             if self._children:
                 self._children[-1] += dt
             self.timings[name] = self.timings.get(name, 0.0) + dt - nested
+
+
+class Pipeline:
+    def __init__(self, model: SlimModel, stages: dict[str, Stage], device="cpu", impl: str = "auto",
+                 dtype: torch.dtype = torch.float32):
+        self.model = model
+        self.stages = stages
+        self.device = torch.device(device)
+        self.impl = impl
+        self.dtype = dtype
+        sched = model.base.scheduler_config
+        enh = model.config.enhance
+        self.sampler = FewStepSampler(alphas_cumprod_from_config(sched), enh.t0,
+                                      sched.get("prediction_type", "epsilon"), enh.timesteps)
+        self._local = threading.local()       # per thread: the running call's timer, the last timings
+        self._contexts: OrderedDict[str, Tensor] = OrderedDict()
+        self._contexts_bytes = 0
+        self._contexts_lock = threading.Lock()
+
+    # -- helpers -----------------------------------------------------------------------------
+    @property
+    def timings(self) -> dict[str, float]:
+        """Stage milliseconds of this thread's last encode/decode call."""
+        return getattr(self._local, "last", {})
+
+    @timings.setter
+    def timings(self, value: dict[str, float]) -> None:
+        self._local.last = value
+
+    @contextmanager
+    def call_timer(self):
+        """Scope of one call: stages run inside it are timed into a fresh StageTimer, which becomes
+        this thread's `timings` when the call ends. Nested scopes reuse the outer timer."""
+        outer = getattr(self._local, "timer", None)
+        if outer is not None:
+            yield outer
+            return
+        timer = self._local.timer = StageTimer(self.device)
+        try:
+            yield timer
+        finally:
+            self._local.timer = None
+            self._local.last = timer.timings
+
+    @contextmanager
+    def _timed(self, name: str):
+        timer = getattr(self._local, "timer", None) or StageTimer(self.device)  # outside a call: untimed
+        with timer.timed(name):
+            yield
 
     def _run(self, name: str, rate: int | None = None, **inputs: Tensor) -> Tensor:
         key = stage_key(name, rate)
@@ -83,17 +125,34 @@ class Pipeline:
             raise ValueError("this model has no enhancement UNet/text encoder: use steps=0")
 
     def context(self, captions: list[str]) -> Tensor:
-        """Caption -> cross-attention context, cached per caption (decode reuses it)."""
-        missing = [c for c in dict.fromkeys(captions) if c not in self._contexts]
+        """Caption -> cross-attention context, cached per caption (decode reuses it). The cache is
+        shared by threads (a lock guards it) and bounded in bytes (CONTEXT_CACHE_BYTES, LRU)."""
+        found: dict[str, Tensor] = {}
+        with self._contexts_lock:
+            for c in dict.fromkeys(captions):
+                if c in self._contexts:
+                    self._contexts.move_to_end(c)
+                    found[c] = self._contexts[c]
+        missing = [c for c in dict.fromkeys(captions) if c not in found]
         if missing:
             tok = tokenize(self.model.base.tokenizer, missing)
             ctx = self._run("text_encoder", input_ids=tok["input_ids"].to(self.device),
                             attention_mask=tok["attention_mask"].to(self.device))
-            for c, t in zip(missing, ctx):
-                self._contexts[c] = t
-                if len(self._contexts) > 256:
-                    self._contexts.popitem(last=False)
-        return torch.stack([self._contexts[c] for c in captions])
+            with self._contexts_lock:
+                for c, t in zip(missing, ctx):
+                    found[c] = t
+                    self._cache_context(c, t.clone())  # a row of its own, not a view of the batch
+        return torch.stack([found[c] for c in captions])
+
+    def _cache_context(self, caption: str, t: Tensor) -> None:
+        size = len(caption.encode("utf-8")) + t.numel() * t.element_size()
+        if caption in self._contexts or size > CONTEXT_CACHE_BYTES:
+            return
+        self._contexts[caption] = t
+        self._contexts_bytes += size
+        while self._contexts_bytes > CONTEXT_CACHE_BYTES:
+            c, old = self._contexts.popitem(last=False)
+            self._contexts_bytes -= len(c.encode("utf-8")) + old.numel() * old.element_size()
 
     # -- encode ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -101,10 +160,13 @@ class Pipeline:
         """images [B,3,H,W] in [0,1] (one size) -> one .slim bytes object per image."""
         self._check_rate(rate)
         self._check_steps(steps)
-        self.timings = {}
+        with self.call_timer():
+            return self._encode(images, captions, rate, steps)
+
+    def _encode(self, images: Tensor, captions: list[str], rate: int, steps: int) -> list[bytes]:
         B, _, H, W = images.shape
         cap_bytes = [c.encode("utf-8") for c in captions]
-        limit = self.model.config.max_caption_bytes
+        limit = min(self.model.config.max_caption_bytes, bsf.MAX_CAPTION_BYTES)
         if any(len(c) > limit for c in cap_bytes):
             raise ValueError(f"caption longer than {limit} UTF-8 bytes")
         x = pad_to_multiple(images.to(self.device, self.dtype) * 2 - 1, self.model.pixel_multiple)
@@ -130,6 +192,9 @@ class Pipeline:
                 f"{self.model.fingerprint.hex()} ({self.model.config.name})")
         if bs.header.rate >= self.model.num_rates:
             raise BitstreamError(f"corrupt bitstream: rate {bs.header.rate} not in this model")
+        limit = self.model.config.max_caption_bytes
+        if len(bs.header.caption.encode("utf-8")) > limit:
+            raise BitstreamError(f"corrupt bitstream: caption longer than this model's {limit} bytes")
         return bs
 
     @torch.inference_mode()
@@ -137,7 +202,10 @@ class Pipeline:
         """Bitstreams of one size and rate -> images [B,3,H,W] in [0,1]. steps overrides the K of the
         bitstreams (up to MAX_DECODE_STEPS, e.g. a many-step teacher); guidance != 1 runs
         classifier-free guidance (two UNet evaluations a step)."""
-        self.timings = {}
+        with self.call_timer():
+            return self._decode(streams, steps, guidance)
+
+    def _decode(self, streams: list[bsf.Bitstream], steps: int | None, guidance: float) -> Tensor:
         h0 = streams[0].header
         if any((s.header.width, s.header.height, s.header.rate) != (h0.width, h0.height, h0.rate)
                for s in streams):

@@ -1,0 +1,62 @@
+"""One Encoder/Decoder shared by many threads (what a web server does): results are bit-identical to
+sequential calls, and each thread's timings are its own call's (no negative or mixed stage times)."""
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+import slim_rt
+from slim_rt.captions import FixedCaptioner
+
+THREADS = 6
+CASES = [((64, 64), 0), ((70, 90), 1), ((128, 96), 0), ((64, 130), 1), ((96, 96), 1), ((64, 64), 1)] * 2
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(5)
+    return [(torch.rand(3, h, w, generator=g), rate, f"a photo of thing {i}") for i, ((h, w), rate) in enumerate(CASES)]
+
+
+def _check_timings(timings: dict, wall_ms: float, stages: set) -> None:
+    assert stages <= set(timings), timings
+    assert all(v >= 0 for v in timings.values()), timings
+    assert sum(timings.values()) <= wall_ms + 1.0, (timings, wall_ms)  # the call's own time, no more
+
+
+def test_shared_encoder_decoder_match_sequential(tiny_dir):
+    enc = slim_rt.Encoder.from_pretrained(str(tiny_dir), captioner=FixedCaptioner(""), steps=1)
+    dec = slim_rt.Decoder(enc.pipeline)
+    inputs = _inputs()
+    ref_bytes = [enc.encode(img, cap, rate=rate) for img, rate, cap in inputs]
+    ref_imgs = [dec.decode(d, output="tensor") for d in ref_bytes]
+    assert len(set(ref_bytes)) == len(ref_bytes)
+
+    def work(i):
+        img, rate, cap = inputs[i]
+        t = time.perf_counter()
+        data = enc.encode(img, cap, rate=rate)
+        _check_timings(enc.timings, (time.perf_counter() - t) * 1e3, {"vae_encoder", "entropy_encode", "other"})
+        t = time.perf_counter()
+        out = dec.decode(ref_bytes[i], output="tensor")
+        _check_timings(dec.timings, (time.perf_counter() - t) * 1e3,
+                       {"entropy_decode", "unet", "vae_decoder", "other"})
+        return data, out
+
+    order = list(range(len(inputs)))[::-1]
+    with ThreadPoolExecutor(THREADS) as pool:
+        results = list(pool.map(work, order))
+    for i, (data, out) in zip(order, results):
+        assert data == ref_bytes[i]
+        assert torch.equal(out, ref_imgs[i])
+
+
+def test_caption_cache_bounded_and_shared(codec):
+    from slim_rt.pipeline import CONTEXT_CACHE_BYTES
+    _, dec = codec
+    p = dec.pipeline
+    caps = [f"caption {i} " + "x" * 200 for i in range(300)]
+    with ThreadPoolExecutor(4) as pool:
+        ctx = list(pool.map(lambda c: p.context([c])[0], caps))
+    assert p._contexts_bytes <= CONTEXT_CACHE_BYTES
+    assert sum(len(c.encode()) + t.numel() * t.element_size() for c, t in p._contexts.items()) == p._contexts_bytes
+    assert torch.equal(p.context([caps[-1]])[0], ctx[-1])
