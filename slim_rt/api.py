@@ -42,6 +42,18 @@ BACKENDS = ("torch", "torch.compile")
 ENGINE_BACKENDS = ("ort", "trt")
 
 
+def _device(device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {str(device)!r} (use cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+    return device
+
+
 def _make_pipeline(name_or_path, device, backend, dtype, local_files_only, need_unet=True,
                    impl="auto") -> Pipeline:
     from slim_rt.backends.torch_backend import torch_stages
@@ -49,9 +61,7 @@ def _make_pipeline(name_or_path, device, backend, dtype, local_files_only, need_
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} for from_pretrained "
                          "(exported engines load with from_engines)")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+    device = _device(device)
     dtype = dtype or torch.float32
     model = SlimModel.from_pretrained(name_or_path, device=device, dtype=dtype,
                                       local_files_only=local_files_only, need_unet=need_unet)
@@ -69,9 +79,7 @@ def _make_engine_pipeline(export_dir, backend, device, stages=None, overrides=No
 
     if backend not in ENGINE_BACKENDS:
         raise ValueError(f"backend must be one of {ENGINE_BACKENDS} for from_engines")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+    device = _device(device)
     manifest = read_manifest(export_dir)
     model = load_exported_model(export_dir, manifest)
     for c in model.compressors:

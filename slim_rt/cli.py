@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".avif"}
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
+                  ".tif": "TIFF", ".tiff": "TIFF"}
 
 
 class CliError(Exception):
@@ -34,25 +36,84 @@ def _model(args) -> str:
     return args.model or _default_model()
 
 
-def _write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
+def _check_writable(path: Path) -> None:
+    """A clean one-line error, before any work, when `path`'s folder cannot exist."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CliError(f"cannot write {path}: {parent} is a file, not a folder")
+            return
+
+
+def _write_atomic(path: Path, data: bytes, overwrite: bool) -> bool:
+    """Write via a temp file; without `overwrite` an existing file (even one another process wrote a
+    moment ago) is never replaced. Returns False when `path` already existed and was kept."""
     if path.exists() and not overwrite:
-        raise CliError(f"{path} exists (use --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+        return False
+    _check_writable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"cannot create folder {path.parent}: {e.strerror or e}") from None
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         tmp.write_bytes(data)
-        tmp.replace(path)
-    except BaseException:
+        if overwrite:
+            tmp.replace(path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic, and fails if path appeared meanwhile
+            except FileExistsError:
+                return False
+            except OSError:  # a filesystem without hard links
+                if path.exists():
+                    return False
+                tmp.replace(path)
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+    return True
 
 
-def _save_image_atomic(path: Path, img, overwrite: bool) -> None:
+def _image_format(path: Path) -> str:
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise CliError(f"cannot write {path}: the output image must end in "
+                       f"{', '.join(sorted(OUTPUT_FORMATS))}")
+    return fmt
+
+
+def _save_image_atomic(path: Path, img, overwrite: bool) -> bool:
     import io
     buf = io.BytesIO()
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}.get(path.suffix.lower(), "PNG")
-    img.save(buf, format=fmt)
-    _write_atomic(path, buf.getvalue(), overwrite)
+    img.save(buf, format=_image_format(path))
+    return _write_atomic(path, buf.getvalue(), overwrite)
+
+
+def _plan(pairs: list[tuple[Path, Path]], args) -> list[tuple[Path, Path]]:
+    """Check outputs before any work: existing ones are an error, or skipped with --skip-existing."""
+    todo = []
+    for src, dst in pairs:
+        _check_writable(dst)
+        if dst.exists() and not args.overwrite:
+            if not args.skip_existing:
+                raise CliError(f"{dst} exists (use --overwrite to replace it, or --skip-existing)")
+            continue
+        todo.append((src, dst))
+    if len(todo) < len(pairs):
+        print(f"slim-rt: skipping {len(pairs) - len(todo)} existing output(s)", file=sys.stderr)
+    return todo
+
+
+def _written(dst: Path, ok: bool, args) -> bool:
+    """After a write: an output that appeared meanwhile is skipped (--skip-existing) or an error."""
+    if ok:
+        return True
+    if args.skip_existing:
+        print(f"slim-rt: skipped {dst}: it exists (written by another process)", file=sys.stderr)
+        return False
+    raise CliError(f"{dst} exists (use --overwrite to replace it, or --skip-existing)")
 
 
 def _pairs(inp: Path, out: Path | None, exts: set[str], new_suffix: str) -> list[tuple[Path, Path]]:
@@ -86,11 +147,14 @@ def _progress(items, enabled: bool):
 def cmd_compress(args) -> int:
     import slim_rt
     pairs = _pairs(Path(args.input), Path(args.output) if args.output else None, IMAGE_EXTS, ".slim")
-    for _, dst in pairs:
-        if dst.exists() and not args.overwrite:
-            raise CliError(f"{dst} exists (use --overwrite to replace it)")
+    if len(pairs) == 1 and pairs[0][1].suffix.lower() != ".slim":
+        raise CliError(f"cannot write {pairs[0][1]}: the output of compress must end in .slim")
+    total, pairs = len(pairs), _plan(pairs, args)
+    if not pairs:
+        print(f"nothing to do: all {total} outputs exist")
+        return 0
     enc = slim_rt.Encoder.from_pretrained(_model(args), rate=args.rate, device=args.device,
-                                          backend=args.backend, steps=args.steps)
+                                          backend=args.backend, steps=args.steps, max_pixels=args.max_pixels)
     failed = 0
     for src, dst in _progress(pairs, len(pairs) > 1):
         try:
@@ -101,7 +165,8 @@ def cmd_compress(args) -> int:
             print(f"slim-rt: skipped {src}: {e}", file=sys.stderr)
             failed += 1
             continue
-        _write_atomic(dst, data, args.overwrite)
+        if not _written(dst, _write_atomic(dst, data, args.overwrite), args):
+            continue
         if len(pairs) == 1:
             info = slim_rt.inspect(data)
             print(f"{src} -> {dst}: {info['bytes']['total']} bytes, {info['bpp']:.4f} bpp, "
@@ -115,14 +180,18 @@ def cmd_decompress(args) -> int:
     import slim_rt
     pairs = _pairs(Path(args.input), Path(args.output) if args.output else None, {".slim"}, ".png")
     for _, dst in pairs:
-        if dst.exists() and not args.overwrite:
-            raise CliError(f"{dst} exists (use --overwrite to replace it)")
+        _image_format(dst)
+    total, pairs = len(pairs), _plan(pairs, args)
+    if not pairs:
+        print(f"nothing to do: all {total} outputs exist")
+        return 0
     if len(pairs) == 1:  # a bad file fails before the model loads
         try:
             slim_rt.inspect(pairs[0][0].read_bytes())
         except ValueError as e:
             raise ValueError(f"{pairs[0][0]}: {e}") from None
-    dec = slim_rt.Decoder.from_pretrained(_model(args), device=args.device, backend=args.backend)
+    dec = slim_rt.Decoder.from_pretrained(_model(args), device=args.device, backend=args.backend,
+                                          max_pixels=args.max_pixels)
     failed = 0
     for src, dst in _progress(pairs, len(pairs) > 1):
         try:
@@ -133,7 +202,8 @@ def cmd_decompress(args) -> int:
             print(f"slim-rt: skipped {src}: {e}", file=sys.stderr)
             failed += 1
             continue
-        _save_image_atomic(dst, img, args.overwrite)
+        if not _written(dst, _save_image_atomic(dst, img, args.overwrite), args):
+            continue
         if len(pairs) == 1:
             print(f"{src} -> {dst} ({img.width}x{img.height})")
     if len(pairs) > 1:
@@ -175,11 +245,11 @@ def cmd_demo(args) -> int:
     model = _model(args)
     t = time.perf_counter()
     enc = slim_rt.Encoder.from_pretrained(model, rate=0, device=args.device, backend=args.backend,
-                                          steps=args.steps)
+                                          steps=args.steps, max_pixels=args.max_pixels)
     args.rate = enc.model.num_rates - 1 if args.rate is None else args.rate  # demo: best quality by default
     enc.pipeline._check_rate(args.rate)
     enc.rate = args.rate
-    dec = slim_rt.Decoder(enc.pipeline)  # one loaded model serves both directions
+    dec = slim_rt.Decoder(enc.pipeline, max_pixels=args.max_pixels)  # one loaded model serves both directions
     load_ms = (time.perf_counter() - t) * 1e3
     t = time.perf_counter()
     data = enc.encode(img, caption=args.caption)
@@ -292,7 +362,10 @@ def cmd_eval(args) -> int:
 
 
 def _common(p: argparse.ArgumentParser, enc: bool) -> None:
+    from slim_rt.api import DEFAULT_MAX_PIXELS
     p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse images over this many pixels (default {DEFAULT_MAX_PIXELS}; memory: docs/memory.md)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     p.add_argument("--backend", default="torch", choices=["torch", "torch.compile"])
     p.add_argument("--steps", type=int, default=None,
@@ -310,12 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="an image file or a folder of images")
     p.add_argument("-o", "--output", help="output .slim file or folder")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists (folder runs)")
     _common(p, True)
     p.set_defaults(fn=cmd_compress)
     p = sub.add_parser("decompress", help=".slim -> image(s)")
     p.add_argument("input", help="a .slim file or a folder of them")
-    p.add_argument("-o", "--output", help="output image file (.png) or folder")
+    p.add_argument("-o", "--output", help="output image file (.png .jpg .webp .bmp .tif) or folder (PNGs)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists (folder runs)")
     _common(p, False)
     p.set_defaults(fn=cmd_decompress)
     p = sub.add_parser("info", help="print a .slim header")
@@ -351,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-scales", nargs="+", default=["1"], help="also code baselines downscaled by s, e.g. 1 0.5")
     p.add_argument("--batch", type=int, default=16, help="SLIM encode/decode batch (default 16)")
     p.add_argument("--tag", help="suffix for the output file names")
+    p.add_argument("--baselines-from", help="reuse the JPEG/WebP/AVIF settings of an earlier eval JSON (same images)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared CPU)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance of the decoder, e.g. for a many-step teacher (default 1: none)")

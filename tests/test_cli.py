@@ -74,3 +74,40 @@ def test_folder_collision_refused(tiny_dir, tmp_path, capsys):
     assert main(["compress", str(d), "-o", str(tmp_path / "o"), "--model", str(tiny_dir)]) == 2
     assert "both be written" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def _one_line_error(capsys, code, argv, needle):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.startswith("slim-rt: error:") and err.count("\n") == 1 and needle in err, err
+
+
+def test_bad_device_output_format_and_folder_errors(tiny_dir, imgs, tmp_path, capsys):
+    m = ["--model", str(tiny_dir)]
+    src = str(imgs / "im0.png")
+    _one_line_error(capsys, 2, ["compress", src, "-o", str(tmp_path / "a.slim"), "--device", "bogus", *m],
+                    "unknown device 'bogus'")
+    _one_line_error(capsys, 2, ["compress", src, "-o", str(tmp_path / "a.png"), *m], "must end in .slim")
+    (tmp_path / "afile").write_text("x")
+    _one_line_error(capsys, 2, ["compress", src, "-o", str(tmp_path / "afile" / "x.slim"), *m], "is a file")
+    assert main(["compress", src, "-o", str(tmp_path / "a.slim"), "--caption", "", *m]) == 0
+    _one_line_error(capsys, 2, ["decompress", str(tmp_path / "a.slim"), "-o", str(tmp_path / "a.gif"), *m],
+                    "must end in")
+    assert not (tmp_path / "a.gif").exists()
+    assert main(["decompress", str(tmp_path / "a.slim"), "-o", str(tmp_path / "a.jpg"), *m]) == 0
+    assert Image.open(tmp_path / "a.jpg").format == "JPEG"
+    _one_line_error(capsys, 2, ["decompress", str(tmp_path / "a.slim"), "-o", str(tmp_path / "b.png"),
+                                "--max-pixels", "100", *m], "budget")
+
+
+def test_skip_existing_folder(tiny_dir, imgs, tmp_path, capsys):
+    m = ["--model", str(tiny_dir), "--caption", ""]
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "im0.slim").write_bytes(b"kept")
+    assert main(["compress", str(imgs), "-o", str(out), *m]) == 2      # without the flag: refused
+    assert "--skip-existing" in capsys.readouterr().err
+    assert main(["compress", str(imgs), "-o", str(out), "--skip-existing", *m]) == 0
+    assert (out / "im0.slim").read_bytes() == b"kept" and (out / "im1.slim").stat().st_size > 20
+    assert main(["compress", str(imgs), "-o", str(out), "--skip-existing", *m]) == 0
+    assert "nothing to do" in capsys.readouterr().out
