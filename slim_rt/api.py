@@ -23,7 +23,7 @@ DEFAULT_MODEL = "slim-tiny"
 # Pixels one call may process (per image, and per batch of same-size images) unless the caller
 # raises it; peak memory grows linearly with pixels (docs/memory.md), so this bounds memory and work
 # before any is done - a 38-byte file declaring 8192x4880 is refused from its header.
-DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_MAX_PIXELS = 2048 * 2048
 
 
 def _budget_chunks(idx: list[int], pixels: int, max_pixels: int, what: str) -> list[list[int]]:
