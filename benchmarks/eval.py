@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 256
 CODECS = ("slim", "jpeg", "webp", "avif")
+ENVELOPE = "classical-envelope"  # pseudo-curve: every classical setting (all codecs, all scales)
 CAPTION_MODES = ("auto", "none", "label", "wrong")
 # Quality grids, lowest quality each encoder supports first. AVIF q 0..2 give identical files with
 # Pillow's libavif mapping, so the grid steps on from 0 to 5.
@@ -248,7 +249,7 @@ def run_eval(data, model: str | None = None, out_dir=RESULTS, limit: int | None 
              steps: list[int] | None = None, device="cpu", codecs=CODECS, caption_mode: str = "auto",
              classifier=None, captioner=None, qualities: dict | None = None, baseline_scales=(1.0,),
              batch: int = 16, tag: str | None = None, bd_method: str = "pchip", write: bool = True,
-             threads: int | None = None, guidance: float = 1.0, log=_log) -> dict:
+             threads: int | None = None, guidance: float = 1.0, baselines_from=None, log=_log) -> dict:
     """Evaluate; returns the aggregated results dict (also written as JSON when write=True).
 
     classifier: a `slim_rt.classifier.Classifier` (logits of [B,3,H,W] in [0,1], own preprocessing);
@@ -258,19 +259,21 @@ def run_eval(data, model: str | None = None, out_dir=RESULTS, limit: int | None 
     e.g. (1.0, 0.5) -> curves jpeg and jpeg@0.5x; bpp stays per 256x256 pixel.
     threads: torch CPU threads (None: leave as is; 1 is much faster on a busy shared CPU).
     steps: the K to decode every bitstream with (a decoder override: up to MAX_DECODE_STEPS, e.g. a
-    many-step teacher); guidance: classifier-free guidance of the decoder (1 = none)."""
+    many-step teacher); guidance: classifier-free guidance of the decoder (1 = none).
+    baselines_from: an earlier eval JSON on the same images whose classical settings are reused.
+    BD-rates are also reported against the classical envelope (every classical point pooled)."""
     prev_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         return _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
-                         qualities, baseline_scales, batch, tag, bd_method, write, guidance, log)
+                         qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from, log)
     finally:
         torch.set_num_threads(prev_threads)
 
 
 def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
-              qualities, baseline_scales, batch, tag, bd_method, write, guidance, log) -> dict:
+              qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from, log) -> dict:
     t_start = time.perf_counter()
     codecs = [c.strip().lower() for c in (codecs.split(",") if isinstance(codecs, str) else codecs) if c.strip()]
     bad = [c for c in codecs if c not in CODECS]
@@ -365,8 +368,12 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
                     unet_ms=unet_ms)
         del enc, dec
 
-    # baselines through Pillow
-    for codec in (c for c in codecs if c != "slim"):
+    # baselines through Pillow (or their settings reused from an earlier run on the same images)
+    reused: list[dict] = []
+    if baselines_from:
+        reused = reuse_baselines(baselines_from, images, data)
+        log(f"reusing {len(reused)} baseline settings from {baselines_from}")
+    for codec in (c for c in codecs if c != "slim" and not baselines_from):
         for s in baseline_scales:
             s = float(s)
             small = int(round(SIZE * s))
@@ -392,10 +399,13 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     settings, seen = [], {}
     for r in rows:
         seen.setdefault((r["curve"], r["setting"]), []).append(r)
-    settings = [_agg(v) for v in seen.values()]
+    settings = [_agg(v) for v in seen.values()] + reused
     curves: dict[str, list[dict]] = {}
     for a in settings:
         curves.setdefault(a["curve"], []).append(a)
+    classical = [a for c, pts in curves.items() if not c.startswith("slim") for a in pts]
+    if len({a["curve"] for a in classical}) > 1:  # the best of every classical codec and scale
+        curves[ENVELOPE] = classical
     bd: dict = {}
     for sc in (c for c in curves if c.startswith("slim")):
         for base in (c for c in curves if not c.startswith("slim")):
@@ -422,6 +432,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         "reference": reference, "settings": settings, "bd_rate_method": bd_method,
         "bd_rate_pct": bd, "skipped": skipped, "qualities": {c: qualities[c] for c in codecs if c != "slim"},
         "baseline_scales": [float(s) for s in baseline_scales], "wall_s": round(time.perf_counter() - t_start, 1),
+        "baselines_from": str(baselines_from) if baselines_from else None,
     }
     if write:
         out_dir = Path(out_dir)
@@ -441,6 +452,16 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         log("wrote " + ", ".join(str(p) for p in paths.values()))
     log(f"done in {time.perf_counter() - t_start:.1f} s")
     return result
+
+
+def reuse_baselines(path, images: list[EvalImage], data) -> list[dict]:
+    """The classical codecs' aggregated settings of an earlier eval JSON on the same images (so a
+    SLIM model can be re-evaluated without re-running 70+ baseline settings)."""
+    res = json.loads(Path(path).read_text())
+    if res.get("n_images") != len(images) or res.get("split") != Path(data).resolve().name:
+        raise ValueError(f"{path} was run on {res.get('n_images')} images of {res.get('split')!r}, "
+                         f"not on these {len(images)} of {Path(data).resolve().name!r}")
+    return [a for a in res["settings"] if a["codec"] != "slim"]
 
 
 def read_labels_count(data) -> list[str]:
@@ -503,6 +524,10 @@ def plot(res: dict, path) -> None:
     curves: dict[str, list[dict]] = {}
     for a in res["settings"]:
         curves.setdefault(a["curve"], []).append(a)
+    classical = [a for c, pts in curves.items() if not c.startswith("slim") for a in pts]
+    if len({a["curve"] for a in classical}) > 1:
+        acc, logr = _frontier([a["bpp"] for a in classical], [a["top1"] for a in classical])
+        ax.plot(np.exp(logr), acc, "-", color="black", alpha=0.35, lw=6, label=ENVELOPE)
     for name, pts in curves.items():
         pts = sorted(pts, key=lambda a: a["bpp"])
         ax.plot([a["bpp"] for a in pts], [a["top1"] for a in pts], "o-" if name.startswith("slim") else ".--",
@@ -538,7 +563,7 @@ def run_from_args(args) -> int:
                    steps=_ints(args.steps), device=args.device, codecs=args.codecs, caption_mode=args.caption_mode,
                    qualities=qualities, baseline_scales=[float(s) for s in args.baseline_scales],
                    batch=args.batch, tag=args.tag, threads=getattr(args, "threads", None),
-                   guidance=getattr(args, "guidance", 1.0))
+                   guidance=getattr(args, "guidance", 1.0), baselines_from=getattr(args, "baselines_from", None))
     print(markdown(res))
     return 0
 

@@ -86,13 +86,13 @@ class Geometry:
     @classmethod
     def from_model(cls, model) -> "Geometry":
         base, cc = model.base, model.config.compressor
-        vae_factor = 2 ** (len(base.vae.config.block_out_channels) - 1)
+        vae_factor = base.vae_factor
         text_len = text_dim = vocab = 0
         if base.unet is not None and base.text_encoder is not None and base.tokenizer is not None:
             text_len = min(int(base.tokenizer.model_max_length), 77)
             text_dim = int(base.text_encoder.config.hidden_size)
             vocab = int(base.text_encoder.config.vocab_size)
-        return cls(model.pixel_multiple, vae_factor, int(base.vae.config.latent_channels), cc.N, cc.M,
+        return cls(model.pixel_multiple, vae_factor, base.latent_channels, cc.N, cc.M,
                    model.num_rates, text_len, text_dim, vocab)
 
 

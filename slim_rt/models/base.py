@@ -38,6 +38,19 @@ class BaseModel:
     def shift_factor(self) -> float:
         return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
 
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def vae_factor(self) -> int:
+        """Pixels per latent pixel (8 for every supported autoencoder)."""
+        c = self.vae.config
+        if getattr(c, "downscale_factor", None):
+            return int(c.downscale_factor)
+        chans = getattr(c, "block_out_channels", None) or c.encoder_block_out_channels  # KL | Tiny
+        return 2 ** (len(chans) - 1)
+
     def configs(self) -> dict:
         """The component configs (they identify the base in the model fingerprint). Where the base was
         loaded from and the library versions that wrote it (_name_or_path, _diffusers_version,
@@ -61,7 +74,8 @@ class BaseModel:
     # -- the stages the pipeline calls (latents are scaled as diffusers does) ---------------
     def encode_latent(self, image: Tensor) -> Tensor:
         """image [B,3,H,W] in [-1,1] -> scaled latent [B,4,H/8,W/8] (posterior mode)."""
-        lat = self.vae.encode(image).latent_dist.mode()
+        out = self.vae.encode(image)
+        lat = out.latent_dist.mode() if hasattr(out, "latent_dist") else out.latents  # KL | Tiny, TAE
         return (lat - self.shift_factor) * self.scaling_factor
 
     def decode_latent(self, latent: Tensor) -> Tensor:
@@ -128,10 +142,30 @@ def _exists(root: Path, sub: str) -> bool:
     return (root / sub).is_dir()
 
 
+def autoencoder_class(kind: str):
+    """The module class of an autoencoder kind (see slim_rt.config.AUTOENCODERS)."""
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    from slim_rt.models.tae import TAE
+    classes = {"kl": AutoencoderKL, "tiny": AutoencoderTiny, "tae": TAE}
+    if kind not in classes:
+        raise ModelLoadError(f"unknown autoencoder kind {kind!r} (one of {', '.join(classes)})")
+    return classes[kind]
+
+
+def autoencoder_kind(base_dir: str | Path) -> str:
+    """The autoencoder kind of a local base directory, read from vae/config.json ("kl" if unsure)."""
+    f = Path(base_dir) / "vae" / "config.json"
+    found = json.loads(f.read_text()).get("_class_name") if f.is_file() else None
+    return {"AutoencoderTiny": "tiny", "TAE": "tae"}.get(found, "kl")
+
+
 def load_base(source: str | Path, *, local_files_only: bool = False, device="cpu",
-              dtype: torch.dtype = torch.float32, need_unet: bool = True) -> BaseModel:
-    """Load a diffusers-format base from a local directory or a hub id. Frozen, eval mode."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+              dtype: torch.dtype = torch.float32, need_unet: bool = True, autoencoder: str | None = None) -> BaseModel:
+    """Load a diffusers-format base from a local directory or a hub id. Frozen, eval mode.
+    `autoencoder` names the kind of its vae/ (a SLIM config says which; None: read it from a local
+    vae/config.json, "kl" for a hub id)."""
+    from diffusers import UNet2DConditionModel
     from transformers import AutoModel, AutoTokenizer
 
     src = str(source)
@@ -153,7 +187,15 @@ def load_base(source: str | Path, *, local_files_only: bool = False, device="cpu
 
     if is_local and not _exists(local, "vae"):
         raise ModelLoadError(f"{src} is not a diffusers model directory (no vae/ folder)")
-    vae = load("vae", AutoencoderKL.from_pretrained, "vae", torch_dtype=dtype)
+    if autoencoder is None:
+        autoencoder = autoencoder_kind(local) if is_local else "kl"
+    vae_cls = autoencoder_class(autoencoder)
+    if is_local and (local / "vae" / "config.json").is_file():  # a clear error instead of a half-loaded module
+        found = json.loads((local / "vae" / "config.json").read_text()).get("_class_name")
+        if found != vae_cls.__name__:
+            raise ModelLoadError(f"{src}: vae/ holds a {found}, but the model says autoencoder "
+                                 f"{autoencoder!r} ({vae_cls.__name__})")
+    vae = load("vae", vae_cls.from_pretrained, "vae", torch_dtype=dtype)
     has = (lambda sub: _exists(local, sub)) if is_local else (lambda sub: True)
     unet = load("unet", UNet2DConditionModel.from_pretrained, "unet", torch_dtype=dtype) if need_unet and has("unet") else None
     text_encoder = tokenizer = None

@@ -121,7 +121,7 @@ class SlimModel:
 
     @property
     def pixel_multiple(self) -> int:
-        return 8 * self.config.compressor.latent_multiple
+        return self.base.vae_factor * self.config.compressor.latent_multiple
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, device="cpu", dtype=torch.float32,
@@ -132,7 +132,10 @@ class SlimModel:
         base_src = base or cfg.base
         base_path = root if base_src == "." else (root / base_src if (root / base_src).is_dir() else base_src)
         base_model = load_base(base_path, local_files_only=local_files_only, device=device, dtype=dtype,
-                               need_unet=need_unet)
+                               need_unet=need_unet, autoencoder=cfg.autoencoder)
+        if base_model.latent_channels != cfg.compressor.latent_channels:
+            raise ModelLoadError(f"{root}: the compressor codes {cfg.compressor.latent_channels}-channel latents, "
+                                 f"the base's autoencoder makes {base_model.latent_channels}")
         for c in comps:
             c.to(device)
         fp = fingerprint(cfg, comps, base_model.configs())

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class TrainConfig:
-    stage: str                          # "base-vae" | "base-unet" | "compressor" | "enhancer" | "distill"
+    stage: str                          # "base-vae" | "base-unet" | "compressor" | "machine" | "enhancer" | "distill"
     steps: int = 1000
     batch_size: int = 8
     crop: int = 128                     # random crop size (pixels)
@@ -31,6 +31,8 @@ class TrainConfig:
     roi: str = "gradcam"                # "gradcam" | "none" | a folder of PNG masks
     task_weight: float = 0.0            # optional classifier term on decoded pixels
     aux_lr: float = 1e-3
+    init: str = ""                      # compressor: start from these weights (a neighbouring rate point's
+                                        # compressor.safetensors: warm starts converge several times faster)
     enhance_preset: str = "tiny"        # compressor: the enhancement schedule the assembled model gets
     # enhancer (teacher fine-tune) and distill (K-step student)
     zero_init: bool = True              # enhancer: zero the UNet's output conv (start at the identity)
@@ -47,6 +49,8 @@ PRESETS: dict[str, TrainConfig] = {
     "smoke-compressor": TrainConfig("compressor", steps=3, batch_size=2, crop=64, resize=72,
                                     compressor_preset="test", lambdas=(0.5, 2.0), ckpt_every=2, log_every=1,
                                     roi="gradcam"),
+    "smoke-machine": TrainConfig("machine", steps=3, batch_size=2, crop=64, resize=72, ckpt_every=2, log_every=1,
+                                 task_weight=0.5, lr=1e-4),
     "smoke-enhancer": TrainConfig("enhancer", steps=3, batch_size=2, crop=64, resize=72, ckpt_every=2, log_every=1,
                                   task_weight=0.05),
     "smoke-distill": TrainConfig("distill", steps=3, batch_size=2, crop=64, resize=72, ckpt_every=2, log_every=1,
@@ -61,6 +65,12 @@ PRESETS: dict[str, TrainConfig] = {
                              unet_channels=(48, 96, 96)),
     "tiny-compressor": TrainConfig("compressor", steps=3000, batch_size=8, crop=256, resize=288, lr=1e-3,
                                    compressor_preset="tiny", lambdas=(0.1, 0.4, 1.6, 6.4)),
+    # slim-tiny v2: compressors on TAEF2's 32-channel latents, ImageNet train + imagen photos (resized
+    # to the evaluation's 256 short side), rate points warm-started from their neighbour (docs/training.md)
+    "tae-compressor": TrainConfig("compressor", steps=3000, batch_size=8, crop=128, resize=256, lr=1e-3,
+                                  compressor_preset="tae", lambdas=(0.12, 0.5, 2.0, 8.0, 32.0)),
+    "tae-machine": TrainConfig("machine", steps=400, batch_size=8, crop=128, resize=256, lr=1e-4,
+                               task_weight=0.5, ckpt_every=50),
     "sd-compressor": TrainConfig("compressor", steps=100_000, batch_size=16, crop=512, resize=512, lr=1e-4,
                                  compressor_preset="sd", lambdas=(0.5, 2.0, 8.0, 32.0),
                                  mixed_precision="bf16"),

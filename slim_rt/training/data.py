@@ -30,16 +30,27 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def folders(data: str | Path | list) -> list[Path]:
+    """One folder, a list of folders, or several joined with os.pathsep ("a:b")."""
+    import os
+    items = data if isinstance(data, (list, tuple)) else str(data).split(os.pathsep)
+    return [Path(d) for d in items if str(d)]
+
+
 class ImageFolder(Dataset):
     """Images resized (short side) once and kept in memory; random crop + flip per sample.
+    `folder` may be several folders (see `folders`); file names must not repeat across them.
 
     Returns dict(image [3,c,c] in [0,1], caption str, label int (-1 if unknown), index int).
     """
 
-    def __init__(self, folder: str | Path, crop: int, resize: int, template: str = "a photo of a {}",
+    def __init__(self, folder: str | Path | list, crop: int, resize: int, template: str = "a photo of a {}",
                  train: bool = True, align: int = 1):
-        self.files = list_images(folder)
-        labels = read_labels(folder)
+        dirs = folders(folder)
+        self.files = [f for d in dirs for f in list_images(d)]
+        labels = {k: v for d in dirs for k, v in read_labels(d).items()}
+        if len({f.name for f in self.files}) != len(self.files):
+            raise ValueError(f"image file names repeat across {', '.join(map(str, dirs))}")
         self.crop, self.train, self.align = crop, train, align
         self.images = [TF.resize(to_tensor(open_image(f, check_size=False), check_size=False), resize, antialias=True) for f in self.files]
         self.labels = [int(labels[f.name]["class_index"]) if f.name in labels else -1 for f in self.files]

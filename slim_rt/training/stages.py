@@ -92,20 +92,22 @@ class UnetStage(Stage):
     name = "base-unet"
 
     def __init__(self, cfg: TrainConfig, base_dir: str | Path):
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+
+        from slim_rt.models.base import load_base
         self.cfg, self.base_dir = cfg, Path(base_dir)
-        self.vae = AutoencoderKL.from_pretrained(self.base_dir / "vae").eval().requires_grad_(False)
+        self.base = load_base(self.base_dir, need_unet=False)  # any autoencoder kind, frozen
         self.text_encoder, self.tokenizer = _minilm()
         self.tokenizer.model_max_length = 32
         ch = tuple(cfg.unet_channels)
         n = len(ch)
+        c = self.base.latent_channels
         self.unet = UNet2DConditionModel(
-            sample_size=cfg.crop // 8, in_channels=4, out_channels=4, block_out_channels=ch, layers_per_block=1,
+            sample_size=cfg.crop // 8, in_channels=c, out_channels=c, block_out_channels=ch, layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
             cross_attention_dim=MINILM_DIM, attention_head_dim=8, norm_num_groups=8)
         self.scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-        self.sf = float(self.vae.config.scaling_factor)
 
     def modules(self):
         return {"unet": self.unet}
@@ -116,7 +118,7 @@ class UnetStage(Stage):
     def loss(self, batch, step):
         x = batch["image"] * 2 - 1
         with torch.no_grad():
-            lat = self.vae.encode(x).latent_dist.mode() * self.sf
+            lat = self.base.encode_latent(x)
             caps = [c if torch.rand(()) > 0.1 else "" for c in batch["caption"]]  # 10% unconditional
             tok = self.tokenizer(caps, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
             ctx = self.text_encoder(tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
@@ -141,14 +143,19 @@ class CompressorStage(Stage):
     name = "compressor"
 
     def __init__(self, cfg: TrainConfig, base_dir: str | Path, lmbda: float, masks, dataset, classifier=None,
-                 latents: list | None = None):
+                 latents: list | None = None, latent_cache: Path | None = None):
         from slim_rt.models.base import load_base
         self.cfg, self.lmbda, self.masks = cfg, lmbda, masks
         self.base = load_base(base_dir, need_unet=False)
         self.comp = SlimCompressor(COMPRESSOR_PRESETS[cfg.compressor_preset])
+        if cfg.init:
+            from safetensors.torch import load_file
+
+            from slim_rt.models.slim import load_compressor
+            self.comp = load_compressor(self.comp.cfg, load_file(cfg.init)).train().requires_grad_(True)
         self.clf = classifier if cfg.task_weight > 0 else None
         # the base is frozen: encode every (resized) image once; crops are cut in latent space
-        self.latents = latents if latents is not None else encode_dataset(self.base, dataset)
+        self.latents = latents if latents is not None else encode_dataset(self.base, dataset, latent_cache)
 
     def modules(self):
         return {"comp": self.comp}
@@ -204,10 +211,28 @@ def crop_latents(latents: list[torch.Tensor], batch: dict, crop: int) -> torch.T
 
 
 @torch.no_grad()
-def encode_dataset(base, dataset) -> list[torch.Tensor]:
-    """Latents [C, H/8, W/8] of every resized training image (frozen VAE, posterior mode)."""
+def encode_dataset(base, dataset, cache: Path | None = None) -> list[torch.Tensor]:
+    """Latents [C, H/8, W/8] of every resized training image (frozen VAE, posterior mode).
+    With `cache`, they are kept in that file, keyed by the VAE's weights and the images."""
+    import hashlib
+
     from tqdm import tqdm
-    return [base.encode_latent(img[None] * 2 - 1)[0] for img in tqdm(dataset.images, desc="latents", leave=False)]
+    h = hashlib.sha256()
+    for k, v in sorted(base.vae.state_dict().items()):
+        h.update(k.encode() + v.float().cpu().numpy().tobytes())
+    for f, img in zip(dataset.files, dataset.images):
+        h.update(f"{f.name}{tuple(img.shape)}".encode())
+    key = h.hexdigest()
+    if cache is not None and Path(cache).is_file():
+        saved = torch.load(cache, weights_only=True)
+        if saved.get("key") == key:
+            return saved["latents"]
+    lats = [base.encode_latent(img[None] * 2 - 1)[0] for img in tqdm(dataset.images, desc="latents", leave=False)]
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": key, "latents": lats}, Path(cache).with_suffix(".tmp"))
+        Path(cache).with_suffix(".tmp").replace(cache)
+    return lats
 
 
 def run(cfg: TrainConfig, data: str | Path, out: str | Path, base: str | Path | None = None,
@@ -216,7 +241,7 @@ def run(cfg: TrainConfig, data: str | Path, out: str | Path, base: str | Path | 
     from slim_rt.training.data import ImageFolder
     out = Path(out)
     torch.manual_seed(cfg.seed)
-    ds = ImageFolder(data, cfg.crop, cfg.resize, align=8 if cfg.stage in ("compressor", "enhancer", "distill") else 1)
+    ds = ImageFolder(data, cfg.crop, cfg.resize, align=1 if cfg.stage.startswith("base-") else 8)
     if cfg.stage == "base-vae":
         return {"base-vae": train(VaeStage(cfg), ds, cfg, out, progress=progress)}
     if base is None:
@@ -232,14 +257,17 @@ def run(cfg: TrainConfig, data: str | Path, out: str | Path, base: str | Path | 
         else:  # teacher targets are computed once and kept in OUT (resume, or copy to a sibling run)
             stage = DistillStage(cfg, base, masks, ds, cache_path=out / "teacher-cache.pt")
         return {cfg.stage: train(stage, ds, cfg, out, progress=progress)}
+    if cfg.stage == "machine":  # --base is a SLIM model directory here
+        from slim_rt.training.machine import run_machine
+        return run_machine(cfg, ds, base, out, MaskProvider(cfg.roi, ds, cache_dir=out / "roi-cache"), progress)
     if cfg.stage != "compressor":
-        raise ValueError(f"unknown stage {cfg.stage!r} (base-vae, base-unet, compressor, enhancer, distill)")
+        raise ValueError(f"unknown stage {cfg.stage!r} (base-vae, base-unet, compressor, machine, enhancer, distill)")
     masks = MaskProvider(cfg.roi, ds, cache_dir=out / "roi-cache")
     rates = range(len(cfg.lambdas)) if cfg.rate < 0 else [cfg.rate]
     logs, latents = {}, None
     for r in rates:
         rdir = out / f"rate{r}"
-        stage = CompressorStage(cfg, base, cfg.lambdas[r], masks, ds, latents=latents)
+        stage = CompressorStage(cfg, base, cfg.lambdas[r], masks, ds, latents=latents, latent_cache=out / "latents.pt")
         latents = stage.latents
         logs[f"rate{r}"] = train(stage, ds, cfg, rdir, progress=progress)
     assemble(out, base, cfg, name)
@@ -251,18 +279,21 @@ def assemble(out: Path, base: str | Path, cfg: TrainConfig, name: str) -> Path:
     from safetensors.torch import load_file
 
     from slim_rt.models.slim import SlimModel, load_compressor
-    comps = []
-    for r in range(len(cfg.lambdas)):
+    comps, lambdas = [], []
+    for r in range(len(cfg.lambdas)):  # the rate points trained so far, lowest rate first
         f = out / f"rate{r}" / "compressor.safetensors"
         if f.is_file():
             comps.append(load_compressor(COMPRESSOR_PRESETS[cfg.compressor_preset], load_file(str(f))))
+            lambdas.append(cfg.lambdas[r])
     if not comps:
         raise ValueError(f"no trained rate points under {out}")
     base_p = Path(base).resolve()
     if cfg.enhance_preset not in ENHANCE_PRESETS:
         raise ValueError(f"unknown enhance_preset {cfg.enhance_preset!r} ({', '.join(ENHANCE_PRESETS)})")
-    scfg = SlimConfig(name=name, base=str(base_p), compressor=COMPRESSOR_PRESETS[cfg.compressor_preset],
-                      lambdas=tuple(cfg.lambdas[:len(comps)]), enhance=ENHANCE_PRESETS[cfg.enhance_preset])
+    from slim_rt.models.base import autoencoder_kind
+    scfg = SlimConfig(name=name, base=str(base_p), autoencoder=autoencoder_kind(base_p),
+                      compressor=COMPRESSOR_PRESETS[cfg.compressor_preset],
+                      lambdas=tuple(lambdas), enhance=ENHANCE_PRESETS[cfg.enhance_preset])
     SlimModel.save_compressors(out, scfg, comps)
     return out
 
