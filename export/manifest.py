@@ -77,6 +77,14 @@ class ExportedBase:
     def configs(self) -> dict:
         return self.base_configs
 
+    @property
+    def vae_factor(self) -> int:
+        """Pixels per latent pixel, from the exported VAE config (as models.base.BaseModel.vae_factor)."""
+        c = self.base_configs.get("vae", {})
+        if c.get("downscale_factor"):
+            return int(c["downscale_factor"])
+        return 2 ** (len(c.get("block_out_channels") or c["encoder_block_out_channels"]) - 1)
+
 
 def load_exported_model(root: str | Path, manifest: dict | None = None):
     """An exported dir -> SlimModel (config, compressors, tokenizer, scheduler; no base weights).

@@ -27,5 +27,23 @@ def codec(tiny_dir):
     return enc, dec
 
 
+@pytest.fixture(scope="session")
+def exported(tiny_dir, tmp_path_factory):
+    """The tiny random model exported to ONNX once per session (opt 128x128, min 64x64, fp32)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from slim_rt.export import export_model
+    out = tmp_path_factory.mktemp("export") / "tiny-onnx"
+    manifest = export_model(str(tiny_dir), out, precision="fp32", size=(128, 128), min_size=(64, 64),
+                            progress=lambda s: None)
+    return out, manifest
+
+
+@pytest.fixture(scope="session")
+def ort_decoder(exported):
+    import slim_rt
+    return slim_rt.Decoder.from_engines(exported[0], "ort")
+
+
 def rand_image(h, w):
     return torch.rand(3, h, w)

@@ -1,6 +1,7 @@
 """Issue 4: stage specs, ONNX export + ORT parity, the ORT backend, exported-dir loading, TensorRT (GPU).
 
-The tiny random model is exported once per session (opt 128x128, min 64x64, fp32). Parity metric:
+The tiny random model is exported once per session (opt 128x128, min 64x64, fp32; fixtures `exported`
+and `ort_decoder` in conftest.py, shared with test_determinism.py). Parity metric:
 max|ort - torch| / max|torch| per output (relative to the output's scale; elementwise relative error
 is meaningless near zero), tolerance 1e-4 for fp32.
 """
@@ -21,20 +22,6 @@ from slim_rt.captions import FixedCaptioner  # noqa: E402
 from slim_rt.errors import ModelLoadError  # noqa: E402
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="session")
-def exported(tiny_dir, tmp_path_factory):
-    from slim_rt.export import export_model
-    out = tmp_path_factory.mktemp("export") / "tiny-onnx"
-    manifest = export_model(str(tiny_dir), out, precision="fp32", size=(128, 128), min_size=(64, 64),
-                            progress=lambda s: None)
-    return out, manifest
-
-
-@pytest.fixture(scope="session")
-def ort_decoder(exported):
-    return slim_rt.Decoder.from_engines(exported[0], "ort")
 
 
 def test_specs_single_source_of_truth(codec):
