@@ -4,11 +4,17 @@ Both code the same symbols with the same integer CDF tables (a 64-level Gaussian
 including the list/array conversions each path does per call. Prints and writes ns/symbol and
 stream bytes:
     python benchmarks/entropy_coder.py [--symbols 131072 2097152] [--repeats 5] [--out benchmarks/results]
+                                       [--share-model slim-tiny] [--share-size 512]
+
+--share-model also decodes a --share-size image with that model (CPU, its default K) and reports the
+entropy coder's share of the decode time (stage "entropy_decode", which excludes the nested
+hyper-synthesis network).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 import warnings
@@ -77,13 +83,39 @@ def run(sizes: list[int], repeats: int) -> dict:
             "rows": rows}
 
 
+def decode_share(model: str, side: int, repeats: int) -> dict:
+    import slim_rt
+    from slim_rt.captions import FixedCaptioner
+    enc = slim_rt.Encoder.from_pretrained(model, captioner=FixedCaptioner("a photo of a cat"))
+    dec = slim_rt.Decoder(enc.pipeline)
+    data = enc.encode(torch.rand(3, side, side, generator=torch.Generator().manual_seed(0)),
+                      rate=enc.model.num_rates - 1)
+    dec.decode(data)
+    runs = []
+    for _ in range(repeats):
+        dec.decode(data)
+        runs.append(dec.timings)
+    best = min(runs, key=lambda t: sum(t.values()))
+    total = sum(best.values())
+    share = best["entropy_decode"] / total
+    print(f"{model} {side}x{side} decode: entropy_decode {best['entropy_decode']:.1f} ms of {total:.0f} ms "
+          f"= {100 * share:.2f}%")
+    return {"model": model, "side": side, "bytes": len(data), "entropy_decode_ms": best["entropy_decode"],
+            "decode_ms": total, "share": share, "timings": best}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--symbols", type=int, nargs="+", default=[131072, 2097152])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--share-model", help="also measure the coder's share of a full decode with this model")
+    ap.add_argument("--share-size", type=int, default=512)
     args = ap.parse_args(argv)
     result = run(args.symbols, args.repeats)
+    if args.share_model:
+        torch.set_num_threads(os.cpu_count() or 1)  # all cores: the networks at their fastest
+        result["decode_share"] = decode_share(args.share_model, args.share_size, args.repeats)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "entropy-coder-cpu.json").write_text(json.dumps(result, indent=1) + "\n")
