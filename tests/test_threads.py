@@ -60,3 +60,22 @@ def test_caption_cache_bounded_and_shared(codec):
     assert p._contexts_bytes <= CONTEXT_CACHE_BYTES
     assert sum(len(c.encode()) + t.numel() * t.element_size() for c, t in p._contexts.items()) == p._contexts_bytes
     assert torch.equal(p.context([caps[-1]])[0], ctx[-1])
+
+
+def test_shared_ort_decoder_matches_sequential(codec, ort_decoder):
+    enc, _ = codec
+    g = torch.Generator().manual_seed(8)
+    datas = [enc.encode(torch.rand(3, h, w, generator=g), f"cap {i}", rate=rate)
+             for i, ((h, w), rate) in enumerate(CASES[:8])]
+    ref = [ort_decoder.decode(d, output="tensor") for d in datas]
+
+    def work(i):
+        t = time.perf_counter()
+        out = ort_decoder.decode(datas[i], output="tensor")
+        _check_timings(ort_decoder.timings, (time.perf_counter() - t) * 1e3, {"entropy_decode", "vae_decoder"})
+        return out
+
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(work, list(range(len(datas))) * 2))
+    for i, out in zip(list(range(len(datas))) * 2, outs):
+        assert torch.equal(out, ref[i])
