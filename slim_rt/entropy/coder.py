@@ -109,6 +109,8 @@ def decode(data: bytes, indexes: np.ndarray, tables: Tables) -> np.ndarray:
     if len(data) % 4:
         raise BitstreamError("corrupt bitstream: entropy stream is not whole 32-bit words")
     idx = np.asarray(indexes, np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= len(tables)):
+        raise ValueError("CDF index outside the tables")
     order = np.argsort(idx.astype(np.uint16), kind="stable")
     k = idx[order]
     try:
