@@ -1,6 +1,8 @@
 """TensorRT runtime stages: preallocated device buffers per shape, CUDA graphs for fixed shapes."""
 from __future__ import annotations
 
+import threading
+
 from pathlib import Path
 
 import torch
@@ -35,6 +37,7 @@ class TrtStage:
         if self.engine is None:
             raise EngineMismatchError(f"stage {key!r}: TensorRT cannot deserialize {plan}")
         self.context = self.engine.create_execution_context()
+        self._lock = threading.Lock()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names
                        if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
@@ -71,6 +74,10 @@ class TrtStage:
             self.context.set_tensor_address(n, t.data_ptr())
 
     def __call__(self, **inputs: Tensor) -> dict[str, Tensor]:
+        with self._lock:  # one execution context and static buffers: one call at a time (threads)
+            return self._call(inputs)
+
+    def _call(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         shapes = {n: tuple(inputs[n].shape) for n in self.inputs}
         slot = self._slot(shapes)
         for n, buf in slot["in"].items():

@@ -10,6 +10,8 @@ ONNX graph declares (fp16/bf16 exports take the pipeline's fp32 tensors).
 """
 from __future__ import annotations
 
+import threading
+
 from pathlib import Path
 
 import torch
@@ -65,6 +67,7 @@ class OrtStage:
         self.outputs = {o.name: _ORT_TO_TORCH.get(o.type, torch.float32) for o in self.session.get_outputs()}
         self.io_binding = self.device.type == "cuda" and "CUDAExecutionProvider" in self.session.get_providers()
         self._buffers: dict[tuple, dict[str, Tensor]] = {}
+        self._lock = threading.Lock()  # the bound path reuses output buffers: one call at a time
 
     def __repr__(self) -> str:
         return f"OrtStage({self.key}, {self.session.get_providers()[0]})"
@@ -78,7 +81,8 @@ class OrtStage:
             raise ValueError(f"stage {self.key!r} needs inputs {missing}")
         feeds = {n: self._cast(n, inputs[n]) for n in self.inputs}  # inputs the graph dropped are ignored
         if self.io_binding:
-            return self._run_bound(feeds)
+            with self._lock:
+                return self._run_bound(feeds)
         arrays = {}
         for n, t in feeds.items():
             arrays[n] = t.view(torch.int16).numpy().view("uint16") if t.dtype == torch.bfloat16 else t.numpy()
