@@ -69,6 +69,7 @@ PRESETS: dict[str, TrainConfig] = {
     # to the evaluation's 256 short side), rate points warm-started from their neighbour (docs/training.md)
     "tae-compressor": TrainConfig("compressor", steps=3000, batch_size=8, crop=128, resize=256, lr=1e-3,
                                   compressor_preset="tae", lambdas=(0.12, 0.5, 2.0, 8.0, 32.0)),
+    "tae-enhancer": TrainConfig("enhancer", steps=1200, batch_size=8, crop=128, resize=256, lr=5e-4),
     "tae-machine": TrainConfig("machine", steps=400, batch_size=8, crop=128, resize=256, lr=1e-4,
                                task_weight=0.5, ckpt_every=50),
     "sd-compressor": TrainConfig("compressor", steps=100_000, batch_size=16, crop=512, resize=512, lr=1e-4,

@@ -126,13 +126,13 @@ class _EnhanceBase(Stage):
 class EnhancerStage(_EnhanceBase):
     name = "enhancer"
 
-    def __init__(self, cfg: TrainConfig, model_dir: str | Path, masks, dataset):
+    def __init__(self, cfg: TrainConfig, model_dir: str | Path, masks, dataset, latent_cache: Path | None = None):
         super().__init__(cfg, model_dir, masks, dataset)
         if cfg.zero_init:
             zero_output(self.unet)
         self.abar_t0 = float(self.alphas_cumprod[self.t0])
         self.schedule_ts = sorted({t for k in (1, 2, 4) for t in self.sampler.schedule(k).timesteps})
-        self.latents = encode_dataset(self.model.base, dataset)
+        self.latents = encode_dataset(self.model.base, dataset, latent_cache)
 
     def loss(self, batch, step):
         x = crop_latents(self.latents, batch, self.cfg.crop)

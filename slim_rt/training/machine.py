@@ -33,7 +33,10 @@ class MachineStage(Stage):
         from slim_rt.classifier import load_efficientnet_lite0
         self.cfg, self.masks, self.latents = cfg, masks, latents
         self.base = model.base
-        self.lmbda = float(model.config.lambdas[rate])
+        lambdas = model.config.lambdas or cfg.lambdas  # the rate point's training lambda, else the preset's
+        if rate >= len(lambdas):
+            raise ValueError(f"no lambda for rate {rate}: the model records none, pass --set lambdas=...")
+        self.lmbda = float(lambdas[rate])
         self.comp = model.compressors[rate].train().requires_grad_(True)
         self.clf = load_efficientnet_lite0()
 

@@ -27,7 +27,10 @@ def package(model_dir: str | Path, dest: str | Path, name: str, steps: int | Non
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     base_root = Path(model.base.source)
-    model.base.vae.save_pretrained(dest / "vae")
+    if (base_root / "vae").is_dir():  # as stored: keeps its dtype and any LICENSE notice (TAEF2's MIT)
+        shutil.copytree(base_root / "vae", dest / "vae")
+    else:
+        model.base.vae.save_pretrained(dest / "vae")
     if model.base.unet is not None:
         model.base.unet.to(torch.float16).save_pretrained(dest / "unet")
         model.base.unet.to(torch.float32)

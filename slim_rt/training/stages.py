@@ -253,7 +253,7 @@ def run(cfg: TrainConfig, data: str | Path, out: str | Path, base: str | Path | 
         from slim_rt.training.enhance import DistillStage, EnhancerStage
         masks = MaskProvider(cfg.roi, ds, cache_dir=out / "roi-cache")
         if cfg.stage == "enhancer":
-            stage = EnhancerStage(cfg, base, masks, ds)
+            stage = EnhancerStage(cfg, base, masks, ds, latent_cache=out / "latents.pt")
         else:  # teacher targets are computed once and kept in OUT (resume, or copy to a sibling run)
             stage = DistillStage(cfg, base, masks, ds, cache_path=out / "teacher-cache.pt")
         return {cfg.stage: train(stage, ds, cfg, out, progress=progress)}
