@@ -90,3 +90,18 @@ def test_taef2_weights_reconstruct_a_photo(tmp_path):
         rec = ((tae.decode(z).sample + 1) / 2).clamp(0, 1)
     psnr = -10 * torch.log10((rec - x).pow(2).mean())
     assert z.shape == (1, 32, 32, 32) and psnr > 25, float(psnr)
+
+
+def test_tae_model_exports_to_onnx_with_parity(tmp_path):
+    """The TAE base goes through `slim-rt export` and the ORT backend decodes torch's files alike."""
+    pytest.importorskip("onnxruntime")
+    from slim_rt.export import export_model
+    from slim_rt.testing import build_tiny_random
+    d = build_tiny_random(tmp_path / "tae", seed=4, autoencoder="tae")
+    out = tmp_path / "onnx"
+    export_model(str(d), out, precision="fp32", size=(64, 64), min_size=(64, 64), progress=lambda s: None)
+    enc = slim_rt.Encoder.from_pretrained(str(d), captioner=FixedCaptioner("a dog"))
+    data = enc.encode(torch.rand(3, 64, 96))
+    ref = slim_rt.Decoder(enc.pipeline).decode(data, output="tensor")
+    got = slim_rt.Decoder.from_engines(out, "ort").decode(data, output="tensor")
+    assert got.shape == ref.shape and (got - ref).abs().max() < 2e-3
