@@ -27,7 +27,7 @@ from slim_rt.models.slim import SlimModel
 from slim_rt.sampler import FewStepSampler, alphas_cumprod_from_config
 
 MAX_DECODE_STEPS = 100  # a decoder may override the bitstream's K (<= bsf.MAX_STEPS) up to this
-CONTEXT_CACHE_BYTES = 1 << 20  # caption-context cache: captions (<= 255 bytes each) + their tensors
+CONTEXT_CACHE_BYTES = 32 << 20  # caption-context cache: captions (<= 255 bytes each) + their tensors
 
 
 class StageTimer:

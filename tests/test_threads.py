@@ -20,7 +20,8 @@ def _inputs():
 def _check_timings(timings: dict, wall_ms: float, stages: set) -> None:
     assert stages <= set(timings), timings
     assert all(v >= 0 for v in timings.values()), timings
-    assert sum(timings.values()) <= wall_ms + 1.0, (timings, wall_ms)  # the call's own time, no more
+    total = sum(timings.values())  # stages + "other" = the call's wall time, seen from inside the call
+    assert 0.5 * wall_ms - 50.0 <= total <= wall_ms + 1.0, (timings, wall_ms)
 
 
 def test_shared_encoder_decoder_match_sequential(tiny_dir):
@@ -50,14 +51,16 @@ def test_shared_encoder_decoder_match_sequential(tiny_dir):
         assert torch.equal(out, ref_imgs[i])
 
 
-def test_caption_cache_bounded_and_shared(codec):
-    from slim_rt.pipeline import CONTEXT_CACHE_BYTES
+def test_caption_cache_bounded_and_shared(codec, monkeypatch):
+    import slim_rt.pipeline
+    limit = 256 * 1024
+    monkeypatch.setattr(slim_rt.pipeline, "CONTEXT_CACHE_BYTES", limit)
     _, dec = codec
     p = dec.pipeline
     caps = [f"caption {i} " + "x" * 200 for i in range(300)]
     with ThreadPoolExecutor(4) as pool:
         ctx = list(pool.map(lambda c: p.context([c])[0], caps))
-    assert p._contexts_bytes <= CONTEXT_CACHE_BYTES
+    assert p._contexts_bytes <= limit and 0 < len(p._contexts) < len(caps)
     assert sum(len(c.encode()) + t.numel() * t.element_size() for c, t in p._contexts.items()) == p._contexts_bytes
     assert torch.equal(p.context([caps[-1]])[0], ctx[-1])
 
