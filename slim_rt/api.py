@@ -26,18 +26,20 @@ DEFAULT_MODEL = "slim-tiny"
 DEFAULT_MAX_PIXELS = 2048 * 2048
 
 
-def _budget_chunks(idx: list[int], pixels: int, max_pixels: int, what: str) -> list[list[int]]:
+def _budget_chunks(idx: list[int], w: int, h: int, max_pixels: int, who: str) -> list[list[int]]:
     """Same-size items -> batches of at most `max_pixels` pixels; one item over it is refused."""
-    if pixels > max_pixels:
-        raise ResourceLimitError(f"{what} has {pixels / 1e6:.1f} MP, over this {'decoder' if what == 'bitstream' else 'encoder'}'s "
-                                 f"budget of {max_pixels / 1e6:.1f} MP (max_pixels; see docs/memory.md)")
-    per = max(1, max_pixels // pixels)
+    if w * h > max_pixels:
+        raise ResourceLimitError(f"{w}x{h} is {w * h / 1e6:.1f} MP, over this {who}'s budget of "
+                                 f"{max_pixels / 1e6:.1f} MP (max_pixels; see docs/memory.md)")
+    per = max(1, max_pixels // (w * h))
     return [idx[i:i + per] for i in range(0, len(idx), per)]
 
 
 def _add_other(timings: dict[str, float], t0: float) -> None:
     """'other': the call's wall time outside every stage (parsing, padding, conversions)."""
     timings["other"] = max(0.0, (time.perf_counter() - t0) * 1e3 - sum(timings.values()))
+
+
 BACKENDS = ("torch", "torch.compile")
 ENGINE_BACKENDS = ("ort", "trt")
 
@@ -181,7 +183,7 @@ class Encoder:
         for i, t in enumerate(tensors):
             groups[tuple(t.shape)].append(i)
         batches = [b for shape, idx in groups.items()
-                   for b in _budget_chunks(idx, shape[1] * shape[2], self.max_pixels, "image")]
+                   for b in _budget_chunks(idx, shape[2], shape[1], self.max_pixels, "encoder")]
         caps: list[str | None] = list(captions) if captions is not None else [None] * len(tensors)
         for i in [i for i, c in enumerate(caps) if c is None]:  # per image: images may differ in size
             caps[i] = self.captioner(tensors[i][None].to(self.pipeline.device))[0]
@@ -247,7 +249,7 @@ class Decoder:
             k = s.header.steps if steps is None else steps
             groups[(s.header.width, s.header.height, s.header.rate, k)].append(i)
         batches = [(k, b) for (w, h, _, k), idx in groups.items()
-                   for b in _budget_chunks(idx, w * h, self.max_pixels, "bitstream")]
+                   for b in _budget_chunks(idx, w, h, self.max_pixels, "decoder")]
         out: list = [None] * len(streams)
         for k, idx in batches:
             imgs = self.pipeline.decode([streams[i] for i in idx], steps=k, guidance=guidance)
