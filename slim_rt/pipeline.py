@@ -17,10 +17,12 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from slim_rt import bitstream as bsf
 from slim_rt.backends import Stage, stage_key
 from slim_rt.errors import BitstreamError, ModelMismatchError
+from slim_rt.config import coded_size
 from slim_rt.images import pad_to_multiple
 from slim_rt.models.base import tokenize
 from slim_rt.models.slim import SlimModel
@@ -169,7 +171,12 @@ class Pipeline:
         limit = min(self.model.config.max_caption_bytes, bsf.MAX_CAPTION_BYTES)
         if any(len(c) > limit for c in cap_bytes):
             raise ValueError(f"caption longer than {limit} UTF-8 bytes")
-        x = pad_to_multiple(images.to(self.device, self.dtype) * 2 - 1, self.model.pixel_multiple)
+        img = images.to(self.device, self.dtype)
+        scale = self.model.config.rate_scale(rate)
+        if scale != 1.0:  # this rate point codes a smaller image (bicubic, antialiased)
+            img = F.interpolate(img.float(), size=coded_size(H, W, scale), mode="bicubic", antialias=True,
+                                align_corners=False).clamp(0, 1).to(self.dtype)
+        x = pad_to_multiple(img * 2 - 1, self.model.pixel_multiple)
         latent = self._run("vae_encoder", image=x).float()
         y = self._run("latent_analysis", rate, latent=latent).float()
         z = self._run("hyper_analysis", rate, y=y).float()
@@ -215,7 +222,9 @@ class Pipeline:
         if not (math.isfinite(guidance) and guidance >= 0):
             raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
         m = self.model.pixel_multiple
-        Hp, Wp = -(-h0.height // m) * m, -(-h0.width // m) * m
+        scale = self.model.config.rate_scale(h0.rate)
+        hc, wc = coded_size(h0.height, h0.width, scale)
+        Hp, Wp = -(-hc // m) * m, -(-wc // m) * m
         z_shape = (Hp // m, Wp // m)
         comp = self.model.compressors[h0.rate]
         with self._timed("entropy_decode"):
@@ -231,4 +240,8 @@ class Pipeline:
             uncond = self.context([""]) if guidance != 1.0 else None
             latent = self.sampler.run(unet, latent, ctx, k, guidance, uncond)
         img = self._run("vae_decoder", latent=latent.to(self.dtype)).float()
-        return ((img[:, :, :h0.height, :h0.width] + 1) / 2).clamp(0, 1)
+        img = ((img[:, :, :hc, :wc] + 1) / 2).clamp(0, 1)
+        if scale != 1.0:  # back to the size the header declares
+            with self._timed("resize"):
+                img = F.interpolate(img, size=(h0.height, h0.width), mode="bicubic", align_corners=False).clamp(0, 1)
+        return img

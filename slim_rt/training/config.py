@@ -31,6 +31,8 @@ class TrainConfig:
     roi: str = "gradcam"                # "gradcam" | "none" | a folder of PNG masks
     task_weight: float = 0.0            # optional classifier term on decoded pixels
     aux_lr: float = 1e-3
+    scales: tuple[float, ...] = ()      # compressor: per rate point, the image scale it codes at (() = all 1);
+                                        # a scaled rate point trains on images resized to resize * scale
     init: str = ""                      # compressor: start from these weights (a neighbouring rate point's
                                         # compressor.safetensors: warm starts converge several times faster)
     enhance_preset: str = "tiny"        # compressor: the enhancement schedule the assembled model gets
@@ -70,7 +72,7 @@ PRESETS: dict[str, TrainConfig] = {
     "tae-compressor": TrainConfig("compressor", steps=3000, batch_size=8, crop=128, resize=256, lr=1e-3,
                                   compressor_preset="tae", lambdas=(0.12, 0.5, 2.0, 8.0, 32.0)),
     "tae-enhancer": TrainConfig("enhancer", steps=1200, batch_size=8, crop=128, resize=256, lr=5e-4),
-    "tae-machine": TrainConfig("machine", steps=400, batch_size=8, crop=128, resize=256, lr=1e-4,
+    "tae-machine": TrainConfig("machine", steps=150, batch_size=4, crop=128, resize=256, lr=2e-4,
                                task_weight=0.5, ckpt_every=50),
     "sd-compressor": TrainConfig("compressor", steps=100_000, batch_size=16, crop=512, resize=512, lr=1e-4,
                                  compressor_preset="sd", lambdas=(0.5, 2.0, 8.0, 32.0),

@@ -64,10 +64,11 @@ class MaskProvider:
         for f, im, label in zip(dataset.files, dataset.images, dataset.labels):
             cp = cache / f"{f.stem}.png" if cache else None
             if cp is not None and cp.is_file():
-                m = np.asarray(Image.open(cp), dtype=np.float32) / 255.0
-                if m.shape == tuple(im.shape[1:]):
-                    self.masks.append(torch.from_numpy(m))
-                    continue
+                m = torch.from_numpy(np.asarray(Image.open(cp), dtype=np.float32) / 255.0)
+                if m.shape != tuple(im.shape[1:]):  # Grad-CAM runs at 224 whatever the resize: rescale the mask
+                    m = (F.interpolate(m[None, None], size=tuple(im.shape[1:]), mode="bilinear")[0, 0] > 0.5).float()
+                self.masks.append(m)
+                continue
             model = model or classifier or load_efficientnet_lite0()
             x = F.interpolate((im[None] - 0.498) / 0.502, size=(224, 224), mode="bilinear", antialias=True)
             target = label if label >= 0 else int(model(x).argmax())

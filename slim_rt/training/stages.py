@@ -10,6 +10,7 @@ compressor the SLIM compressor on the frozen base's latents, one per lambda:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -241,7 +242,14 @@ def run(cfg: TrainConfig, data: str | Path, out: str | Path, base: str | Path | 
     from slim_rt.training.data import ImageFolder
     out = Path(out)
     torch.manual_seed(cfg.seed)
-    ds = ImageFolder(data, cfg.crop, cfg.resize, align=1 if cfg.stage.startswith("base-") else 8)
+    resize = cfg.resize
+    if cfg.stage == "compressor" and any(v != 1.0 for v in cfg.scales):
+        if cfg.rate < 0 or len(cfg.scales) != len(cfg.lambdas):
+            raise ValueError("with scales, give one per lambda and train one rate point at a time (--set rate=R)")
+        resize = round(cfg.resize * cfg.scales[cfg.rate])  # the image the rate point codes, at its scale
+        if cfg.crop > resize:
+            raise ValueError(f"crop {cfg.crop} is larger than the scaled images ({resize}): --set crop=...")
+    ds = ImageFolder(data, cfg.crop, resize, align=1 if cfg.stage.startswith("base-") else 8)
     if cfg.stage == "base-vae":
         return {"base-vae": train(VaeStage(cfg), ds, cfg, out, progress=progress)}
     if base is None:
@@ -264,10 +272,11 @@ def run(cfg: TrainConfig, data: str | Path, out: str | Path, base: str | Path | 
         raise ValueError(f"unknown stage {cfg.stage!r} (base-vae, base-unet, compressor, machine, enhancer, distill)")
     masks = MaskProvider(cfg.roi, ds, cache_dir=out / "roi-cache")
     rates = range(len(cfg.lambdas)) if cfg.rate < 0 else [cfg.rate]
+    latent_cache = out / ("latents.pt" if resize == cfg.resize else f"latents-{resize}.pt")
     logs, latents = {}, None
     for r in rates:
         rdir = out / f"rate{r}"
-        stage = CompressorStage(cfg, base, cfg.lambdas[r], masks, ds, latents=latents, latent_cache=out / "latents.pt")
+        stage = CompressorStage(cfg, base, cfg.lambdas[r], masks, ds, latents=latents, latent_cache=latent_cache)
         latents = stage.latents
         logs[f"rate{r}"] = train(stage, ds, cfg, rdir, progress=progress)
     assemble(out, base, cfg, name)
@@ -279,12 +288,13 @@ def assemble(out: Path, base: str | Path, cfg: TrainConfig, name: str) -> Path:
     from safetensors.torch import load_file
 
     from slim_rt.models.slim import SlimModel, load_compressor
-    comps, lambdas = [], []
+    comps, lambdas, scales = [], [], []
     for r in range(len(cfg.lambdas)):  # the rate points trained so far, lowest rate first
         f = out / f"rate{r}" / "compressor.safetensors"
         if f.is_file():
             comps.append(load_compressor(COMPRESSOR_PRESETS[cfg.compressor_preset], load_file(str(f))))
             lambdas.append(cfg.lambdas[r])
+            scales.append(cfg.scales[r] if cfg.scales else 1.0)
     if not comps:
         raise ValueError(f"no trained rate points under {out}")
     base_p = Path(base).resolve()
@@ -294,6 +304,7 @@ def assemble(out: Path, base: str | Path, cfg: TrainConfig, name: str) -> Path:
     scfg = SlimConfig(name=name, base=str(base_p), autoencoder=autoencoder_kind(base_p),
                       compressor=COMPRESSOR_PRESETS[cfg.compressor_preset],
                       lambdas=tuple(lambdas), enhance=ENHANCE_PRESETS[cfg.enhance_preset])
+    scfg = dataclasses.replace(scfg, scales=tuple(scales) if any(v != 1.0 for v in scales) else ())
     SlimModel.save_compressors(out, scfg, comps)
     return out
 
