@@ -93,7 +93,7 @@ def _parse(value: str, like):
         return float(value)
     if isinstance(like, tuple):
         items = [v for v in value.split(",") if v]
-        return tuple(_parse(v, like[0] if like else "") for v in items)
+        return tuple(_parse(v, like[0] if like else 0.0) for v in items)  # an empty default: numbers
     return value
 
 
