@@ -168,13 +168,13 @@ def ort_session(path: Path, providers: list[str] | None = None):
 
 
 def ort_run(sess, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    from slim_rt.backends.ort_backend import ort_feed
     names = {i.name for i in sess.get_inputs()}
     feeds = {}
     for k, v in inputs.items():
         if k in names:
             v = v.detach().cpu()
-            feeds[k] = (v.float().numpy().astype("float32").view("uint16").copy()  # bf16 has no numpy dtype
-                        if v.dtype == torch.bfloat16 else v.numpy())
+            feeds[k] = ort_feed(v)  # bf16: its bits, same shape (not a float32 reinterpretation)
     outs = sess.run(None, feeds)
     return {o.name: torch.from_numpy(a) for o, a in zip(sess.get_outputs(), outs)}
 
@@ -265,7 +265,6 @@ def export_model(model_or_path, out_dir: str | Path, *, precision: str = "fp32",
         "enhance": enhance_schedules(model),
         "stages": {},
     }
-    failures = []
     for k in keys:
         spec = specs[k]
         t0 = time.perf_counter()
@@ -299,7 +298,6 @@ def export_model(model_or_path, out_dir: str | Path, *, precision: str = "fp32",
             say(f"export {k:<22} ok  {t_exp:6.1f} s  " + (f"max rel err {worst:.1e}" if check else "not checked"))
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            failures.append(k)
             say(f"export {k:<22} FAILED: {msg}")
             _write_manifest(out, manifest)
             raise ExportError(f"stage {k}: {msg}") from e

@@ -134,3 +134,43 @@ def test_scaled_rate_points_code_a_smaller_image(tmp_path):
         assert slim_rt.inspect(data)["width"] == 192
         sizes[d.name] = len(data)
     assert sizes["half"] < sizes["full"]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_exports_check_parity(tmp_path, precision):
+    """fp16/bf16 exports: the parity check feeds the right tensors (bf16 as uint16 bits, same shape)."""
+    pytest.importorskip("onnxruntime")
+    from slim_rt.export import export_model
+    from slim_rt.export.onnx_export import ExportError, ort_run, ort_session
+    from slim_rt.testing import build_tiny_random
+    d = build_tiny_random(tmp_path / "m", seed=6, rates=1)
+    try:
+        m = export_model(str(d), tmp_path / "onnx", precision=precision, size=(64, 64), min_size=(64, 64),
+                         stages=["vae_decoder"], progress=lambda s: None)
+    except ExportError as e:
+        if any(m in str(e) for m in ("NOT_IMPLEMENTED", "Could not find an implementation", "INVALID_GRAPH")):
+            pytest.skip(f"ONNX Runtime (CPU) cannot run {precision} here: {e}")
+        raise
+    entry = m["stages"]["vae_decoder"]
+    assert entry["dtype"] == precision and entry["parity"]["tolerance"] > 0
+    sess = ort_session(tmp_path / "onnx" / entry["onnx"])
+    dt = torch.float16 if precision == "fp16" else torch.bfloat16
+    out = next(iter(ort_run(sess, {"latent": torch.randn(1, 4, 8, 8).to(dt)}).values()))
+    assert out.shape == (1, 3, 64, 64)
+
+
+def test_ort_run_feeds_bf16_bits_with_their_shape(tmp_path):
+    """The export parity check's bf16 feed: the tensor's bits as uint16, shape unchanged (it used to view
+    float32 bytes as uint16, doubling the last dimension). A Cast graph runs on ORT's CPU provider."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from slim_rt.export.onnx_export import ort_run, ort_session
+    g = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "cast.onnx")
+    x = torch.randn(2, 3).to(torch.bfloat16)
+    out = ort_run(ort_session(tmp_path / "cast.onnx"), {"x": x})
+    assert torch.equal(out["y"], x.float())

@@ -40,6 +40,17 @@ def default_providers(device: str | torch.device = "cpu") -> list:
     return ["CPUExecutionProvider"]
 
 
+
+def ort_feed(t: Tensor):
+    """A CPU tensor as an ONNX Runtime feed: numpy, or for bf16 (no numpy dtype) its bits in an OrtValue
+    typed bfloat16 (a plain uint16 array is refused by a bf16 input)."""
+    if t.dtype != torch.bfloat16:
+        return t.numpy()
+    import onnxruntime as ort
+    from onnx import TensorProto
+    return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(t.contiguous().view(torch.int16).numpy().view("uint16"),
+                                                           onnx_element_type=TensorProto.BFLOAT16)
+
 class OrtStage:
     """One ONNX stage. `stage(**named_tensors) -> {output name: tensor}` like every backend's stage."""
 
@@ -83,10 +94,7 @@ class OrtStage:
         if self.io_binding:
             with self._lock:
                 return self._run_bound(feeds)
-        arrays = {}
-        for n, t in feeds.items():
-            arrays[n] = t.view(torch.int16).numpy().view("uint16") if t.dtype == torch.bfloat16 else t.numpy()
-        outs = self.session.run(list(self.outputs), arrays)
+        outs = self.session.run(list(self.outputs), {n: ort_feed(t) for n, t in feeds.items()})
         res = {}
         for (n, dt), a in zip(self.outputs.items(), outs):
             t = torch.from_numpy(a)
