@@ -403,8 +403,8 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     curves: dict[str, list[dict]] = {}
     for a in settings:
         curves.setdefault(a["curve"], []).append(a)
-    classical = [a for c, pts in curves.items() if not c.startswith("slim") for a in pts]
-    if len({a["curve"] for a in classical}) > 1:  # the best of every classical codec and scale
+    classical = classical_settings(curves)
+    if classical:  # the best of every classical codec and scale
         curves[ENVELOPE] = classical
     bd: dict = {}
     for sc in (c for c in curves if c.startswith("slim")):
@@ -452,6 +452,12 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         log("wrote " + ", ".join(str(p) for p in paths.values()))
     log(f"done in {time.perf_counter() - t_start:.1f} s")
     return result
+
+
+def classical_settings(curves: dict[str, list[dict]]) -> list[dict]:
+    """Every classical setting pooled (the envelope's points); [] unless there are two curves or more."""
+    pts = [a for c, v in curves.items() if not c.startswith("slim") and c != ENVELOPE for a in v]
+    return pts if len({a["curve"] for a in pts}) > 1 else []
 
 
 def reuse_baselines(path, images: list[EvalImage], data) -> list[dict]:
@@ -524,8 +530,8 @@ def plot(res: dict, path) -> None:
     curves: dict[str, list[dict]] = {}
     for a in res["settings"]:
         curves.setdefault(a["curve"], []).append(a)
-    classical = [a for c, pts in curves.items() if not c.startswith("slim") for a in pts]
-    if len({a["curve"] for a in classical}) > 1:
+    classical = classical_settings(curves)
+    if classical:
         acc, logr = _frontier([a["bpp"] for a in classical], [a["top1"] for a in classical])
         ax.plot(np.exp(logr), acc, "-", color="black", alpha=0.35, lw=6, label=ENVELOPE)
     for name, pts in curves.items():

@@ -18,15 +18,14 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from slim_rt.training.config import TrainConfig
 from slim_rt.training.enhance import machine_kl
-from slim_rt.training.stages import crop_latents, encode_dataset
-from slim_rt.training.trainer import Stage, train
+from slim_rt.training.stages import CompressorTraining, encode_dataset
+from slim_rt.training.trainer import train
 
 
-class MachineStage(Stage):
+class MachineStage(CompressorTraining):
     name = "machine"
 
     def __init__(self, cfg: TrainConfig, model, rate: int, masks, latents: list[torch.Tensor]):
@@ -40,37 +39,14 @@ class MachineStage(Stage):
         self.comp = model.compressors[rate].train().requires_grad_(True)
         self.clf = load_efficientnet_lite0()
 
-    def modules(self):
-        return {"comp": self.comp}
-
-    def parameters_groups(self):
-        main = [p for n, p in self.comp.named_parameters() if not n.endswith("quantiles")]
-        aux = [p for n, p in self.comp.named_parameters() if n.endswith("quantiles")]
-        return [(main, self.cfg.lr), (aux, self.cfg.aux_lr)]
-
     def loss(self, batch, step):
-        x01 = batch["image"]
-        lat = crop_latents(self.latents, batch, self.cfg.crop)
-        comp = getattr(self.comp, "module", self.comp)
-        out = comp(lat)
-        bpp = sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values()) / (x01.shape[0] * x01[0, 0].numel())
-        m = F.avg_pool2d(self.masks.crop(batch["index"], batch["crop"], x01.shape[-1]), 8)
-        se = (out["x_hat"] - lat).pow(2)
-        d_roi, d_bg = (m * se).mean(), ((1 - m) * se).mean()
+        out, bpp, d_roi, d_bg = self.rd_terms(batch)
         rec = ((self.base.decode_latent(out["x_hat"]) + 1) / 2).clamp(0, 1)
-        kl = machine_kl(self.clf, rec, x01)
+        kl = machine_kl(self.clf, rec, batch["image"])
         rd = bpp + self.lmbda * (d_roi + self.cfg.background_weight * d_bg + self.cfg.task_weight * kl)
-        aux = comp.aux_loss()
+        aux = getattr(self.comp, "module", self.comp).aux_loss()
         logs = {"loss": rd.item(), "bpp": bpp.item(), "mse_roi": d_roi.item(), "kl": kl.item(), "aux": aux.item()}
         return rd + aux, logs
-
-    def save(self, out: Path):
-        from safetensors.torch import save_file
-
-        from slim_rt.models.slim import compressor_state
-        comp = getattr(self.comp, "module", self.comp)
-        comp.update(force=True)
-        save_file(compressor_state(comp), str(out / "compressor.safetensors"))
 
 
 def run_machine(cfg: TrainConfig, ds, model_dir: str | Path, out: Path, masks, progress: bool = True) -> dict:

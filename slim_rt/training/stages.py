@@ -140,7 +140,38 @@ class UnetStage(Stage):
             shutil.copytree(self.base_dir / "vae", out / "vae", dirs_exist_ok=True)
 
 
-class CompressorStage(Stage):
+class CompressorTraining(Stage):
+    """What every stage that trains a compressor (`self.comp`) shares: its optimizer groups (the
+    bottleneck quantiles apart), the SLIM rate and RoI-distortion terms, and saving with CDF tables."""
+
+    def modules(self):
+        return {"comp": self.comp}
+
+    def parameters_groups(self):
+        main = [p for n, p in self.comp.named_parameters() if not n.endswith("quantiles")]
+        aux = [p for n, p in self.comp.named_parameters() if n.endswith("quantiles")]
+        return [(main, self.cfg.lr), (aux, self.cfg.aux_lr)]
+
+    def rd_terms(self, batch) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's latent crops through the compressor -> (its output, bpp, RoI MSE, background MSE)."""
+        x01 = batch["image"]
+        lat = crop_latents(self.latents, batch, self.cfg.crop).to(x01.device)
+        out = getattr(self.comp, "module", self.comp)(lat)
+        bpp = sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values()) / (x01.shape[0] * x01[0, 0].numel())
+        m_lat = F.avg_pool2d(self.masks.crop(batch["index"], batch["crop"], x01.shape[-1]).to(lat.device), 8)
+        se = (out["x_hat"] - lat).pow(2)
+        return out, bpp, (m_lat * se).mean(), ((1 - m_lat) * se).mean()
+
+    def save(self, out: Path):
+        from safetensors.torch import save_file
+
+        from slim_rt.models.slim import compressor_state
+        comp = getattr(self.comp, "module", self.comp)
+        comp.update(force=True)
+        save_file(compressor_state(comp), str(out / "compressor.safetensors"))
+
+
+class CompressorStage(CompressorTraining):
     name = "compressor"
 
     def __init__(self, cfg: TrainConfig, base_dir: str | Path, lmbda: float, masks, dataset, classifier=None,
@@ -158,47 +189,21 @@ class CompressorStage(Stage):
         # the base is frozen: encode every (resized) image once; crops are cut in latent space
         self.latents = latents if latents is not None else encode_dataset(self.base, dataset, latent_cache)
 
-    def modules(self):
-        return {"comp": self.comp}
-
-    def parameters_groups(self):
-        main = [p for n, p in self.comp.named_parameters() if not n.endswith("quantiles")]
-        aux = [p for n, p in self.comp.named_parameters() if n.endswith("quantiles")]
-        return [(main, self.cfg.lr), (aux, self.cfg.aux_lr)]
-
     def loss(self, batch, step):
-        x01 = batch["image"]
-        lat = crop_latents(self.latents, batch, self.cfg.crop).to(x01.device)
-        comp = getattr(self.comp, "module", self.comp)
-        out = comp(lat)
-        npix = x01.shape[0] * x01.shape[2] * x01.shape[3]
-        bits = sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values())
-        bpp = bits / npix
-        m = self.masks.crop(batch["index"], batch["crop"], x01.shape[-1]).to(lat.device)
-        m_lat = F.avg_pool2d(m, 8)  # M down to the latent grid
-        se = (out["x_hat"] - lat).pow(2)
-        d_roi = (m_lat * se).mean()
-        d_bg = ((1 - m_lat) * se).mean()
+        out, bpp, d_roi, d_bg = self.rd_terms(batch)
         rd = bpp + self.lmbda * (d_roi + self.cfg.background_weight * d_bg)
-        aux = comp.aux_loss()  # moves only the bottleneck quantiles (own optimizer group)
+        aux = getattr(self.comp, "module", self.comp).aux_loss()  # moves only the quantiles (own group)
         loss = rd + aux
         logs = {"loss": rd.item(), "bpp": bpp.item(), "mse_roi": d_roi.item(), "mse_bg": d_bg.item(),
                 "aux": aux.item()}
         if self.clf is not None:
+            from slim_rt.classifier import MEAN, STD
             img = (self.base.decode_latent(out["x_hat"]) + 1) / 2
             ce = F.cross_entropy(self.clf.model(
-                (F.interpolate(img, size=(224, 224), mode="bilinear") - 0.498) / 0.502), batch["label"])
+                (F.interpolate(img, size=(224, 224), mode="bilinear") - MEAN) / STD), batch["label"])
             loss = loss + self.cfg.task_weight * ce
             logs["ce"] = ce.item()
         return loss, logs
-
-    def save(self, out: Path):
-        comp = getattr(self.comp, "module", self.comp)
-        comp.update(force=True)
-        from safetensors.torch import save_file
-
-        from slim_rt.models.slim import compressor_state
-        save_file(compressor_state(comp), str(out / "compressor.safetensors"))
 
 
 def crop_latents(latents: list[torch.Tensor], batch: dict, crop: int) -> torch.Tensor:
@@ -309,4 +314,4 @@ def assemble(out: Path, base: str | Path, cfg: TrainConfig, name: str) -> Path:
     return out
 
 
-__all__ = ["run", "assemble", "VaeStage", "UnetStage", "CompressorStage"]
+__all__ = ["run", "assemble", "VaeStage", "UnetStage", "CompressorTraining", "CompressorStage"]
