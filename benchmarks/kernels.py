@@ -34,6 +34,7 @@ from slim_rt.kernels import triton_ops as T  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHIFT, LEVELS, LOWER_BOUND = 12, 64, 0.11
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def make_inputs(shape, hidden, dtype, device):
@@ -101,13 +102,32 @@ def copy_bandwidth(device) -> float:
 def bench(shape, hidden, device) -> list[dict]:
     from triton.testing import do_bench
     rows = []
-    for dtype in (torch.float32, torch.float16):
+    for dtype in DTYPES:
         for name, (tf, rf, nbytes) in ops(*make_inputs(shape, hidden, dtype, device)).items():
             for impl, fn in (("triton", tf), ("reference", rf)):
                 ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
                 rows.append({"op": name, "dtype": str(dtype).replace("torch.", ""), "impl": impl,
                              "median_ms": ms, "bytes": nbytes, "gbps": nbytes / (ms * 1e-3) / 1e9})
     return rows
+
+
+def targets(result: dict) -> list[dict]:
+    """The issue's targets on this run: bandwidth share of each Triton kernel (>= 70% of copy for >= 1 M
+    elements), fused quantize+indexes vs the unfused PyTorch reference (>= 3x), likelihood fwd+bwd (>= 2x)."""
+    t = {(r["op"], r["dtype"], r["impl"]): r for r in result["timings"]}
+    out = []
+    for (op, dt, impl), r in t.items():
+        if impl == "triton":
+            share = r["gbps"] / result["copy_gbps"]
+            out.append({"target": f"{op} {dt}: >= 70% of copy bandwidth", "value": f"{100 * share:.0f}%",
+                        "met": share >= 0.7})
+    for dt in {r["dtype"] for r in result["timings"]}:
+        for op, need in (("quantize_with_indexes", 3.0), ("gaussian_likelihood_fwd_bwd", 2.0)):
+            if (op, dt, "triton") in t:
+                sp = t[(op, dt, "reference")]["median_ms"] / t[(op, dt, "triton")]["median_ms"]
+                out.append({"target": f"{op} {dt}: >= {need:.0f}x the PyTorch reference", "value": f"{sp:.2f}x",
+                            "met": sp >= need})
+    return out
 
 
 def device_tag(device) -> str:
@@ -135,6 +155,9 @@ def markdown(result: dict) -> str:
         sp = ref[(r["op"], r["dtype"])] / r["median_ms"]
         lines.append(f"| {r['op']} | {r['dtype']} | {r['impl']} | {r['median_ms']:.3f} | {r['bytes'] / 1e6:.1f} | "
                      f"{r['gbps']:.0f} | {100 * r['gbps'] / bw:.0f}% | {sp:.2f}x |")
+    if result.get("targets"):
+        lines += ["", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {x['target']} | {x['value']} | {'yes' if x['met'] else 'no'} |" for x in result["targets"]]
     return "\n".join(lines) + "\n"
 
 
@@ -142,6 +165,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", type=int, nargs=4, default=[16, 192, 64, 64], metavar=("B", "M", "H", "W"))
     ap.add_argument("--hidden", type=int, default=192, help="channels of h (integer hyper-synthesis width)")
+    ap.add_argument("--out", default=str(RESULTS), help="results folder")
     args = ap.parse_args(argv)
     import triton
 
@@ -151,10 +175,10 @@ def main(argv=None) -> dict:
               "hidden": args.hidden, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if cuda:
         result.update(device_name=torch.cuda.get_device_name(), mode="timed", shape=args.shape)
-        result["correctness"] = {str(dt): check(args.shape, args.hidden, dt, device)
-                                 for dt in (torch.float32, torch.float16)}
+        result["correctness"] = {str(dt): check(args.shape, args.hidden, dt, device) for dt in DTYPES}
         result["copy_gbps"] = copy_bandwidth(device)
         result["timings"] = bench(args.shape, args.hidden, device)
+        result["targets"] = targets(result)
     else:
         small, hidden = [2, 8, 9, 11], 6
         result.update(device_name=f"CPU ({platform.processor() or platform.machine()}), Triton interpreter",
@@ -164,8 +188,9 @@ def main(argv=None) -> dict:
                             f"{args.shape} timings."))
         result["correctness"] = {str(dt): check(small, hidden, dt, device)
                                  for dt in (torch.float32, torch.float16)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"kernels-{result['device']}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"kernels-{result['device']}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))

@@ -1,16 +1,22 @@
-"""Latency benchmark: torch eager vs ONNX Runtime (vs TensorRT on a GPU with tensorrt), one run.
+"""Latency benchmark: every backend of the runtime on one grid of sizes, batch sizes and K, one run.
 
-    python benchmarks/latency.py [--model DIR] [--sizes 256 512] [--repeats 5] [--device cpu]
+    python benchmarks/latency.py [--model DIR] [--sizes 256 512 768x512] [--batch 1 8] [--steps 0 1 2]
+        [--backends torch torch-fp16 compiled ort] [--repeats 50] [--device cuda]
     slim-rt bench latency [same options]
 
-Per size and backend: end-to-end encode and decode medians (after warm-up; backends interleaved run
-by run so that load from other processes hits them alike), per-stage medians (the pipeline's own
-timings), and peak process RSS during that backend's runs (all backends are loaded in one process,
-so RSS includes the others' weights; peak CUDA memory on GPU).
-The model defaults to slim-tiny when bundled, else the tiny *random* model (architecture-wise tiny:
-the numbers then measure runtime overheads more than network compute). The ORT side uses an export
-made on the fly (fp32, profile covering the sizes) unless --export-dir is given.
-Writes benchmarks/results/latency-<device>.json and .md.
+Backends: torch (eager fp32), torch-fp16, torch-bf16, compiled (torch.compile per stage + CUDA graphs
+on a GPU, slim_rt.backends.compiled_backend), compiled-fp16, compiled-bf16, ort, trt (an export made on
+the fly unless --export-dir). Sizes are N (square) or WxH.
+
+Per backend, size and batch: warm-up (compiles and captures the compiled backend's graphs for that
+shape), then `repeats` timed encodes and, per K, `repeats` timed decodes with no GPU synchronisation
+between stages (end-to-end: median, p99, images/s); then a few runs with per-stage synchronisation for
+the stage split (pipeline timings). Runs are interleaved across backends run by run, so load from other
+processes hits them alike. Peak CUDA memory (GPU) or process RSS (CPU) per backend and shape; on a GPU
+the entropy-coding share of decode (CPU work; it cannot overlap the GPU stages it feeds) and the
+overlap won by not synchronising (sum of synced stage times minus the unsynced wall time).
+The model defaults to slim-tiny when bundled, else the tiny *random* model.
+Writes <out>/latency-<device>.json and .md (--out, default benchmarks/results).
 """
 from __future__ import annotations
 
@@ -83,50 +89,178 @@ def _median_stages(runs: list[dict]) -> dict:
     return {k: round(statistics.median(r.get(k, 0.0) for r in runs), 3) for k in keys}
 
 
-def bench_codec(enc, dec, size: int, repeats: int, warmup: int, device: str) -> dict:
-    img = torch.rand(3, size, size, generator=torch.Generator().manual_seed(size))
-    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
-    out = {}
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    with PeakRSS() as mem:
-        data = enc.encode(img, caption="a photo of a cat")
-        for _ in range(warmup):
-            dec.decode(enc.encode(img, caption="a photo of a cat"), output="tensor")
-        for what, fn in (("encode", lambda: enc.encode(img, caption="a photo of a cat")),
-                         ("decode", lambda: dec.decode(data, output="tensor"))):
-            times, stages = [], []
-            for _ in range(repeats):
-                sync()
-                t = time.perf_counter()
-                fn()
-                sync()
-                times.append((time.perf_counter() - t) * 1e3)
-                stages.append((enc if what == "encode" else dec).timings)
-            out[what] = {"median_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3),
-                         "stages_ms": _median_stages(stages)}
-    out["peak_rss_mb"] = round(mem.peak, 1)
-    if device.startswith("cuda"):
-        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    out["bytes"] = len(data)
+
+BACKEND_DTYPES = {"torch": ("torch", None), "torch-fp16": ("torch", torch.float16),
+                  "torch-bf16": ("torch", torch.bfloat16), "compiled": ("compiled", None),
+                  "compiled-fp16": ("compiled", torch.float16), "compiled-bf16": ("compiled", torch.bfloat16),
+                  "ort": ("ort", None), "trt": ("trt", None)}
+CAPTION = "a photo of a cat"
+
+
+def parse_size(s: str) -> tuple[int, int]:
+    """'512' -> (512, 512); '768x512' -> (H=512, W=768)."""
+    w, _, h = s.lower().partition("x")
+    return (int(h or w), int(w))
+
+
+def _stats(times: list[float]) -> dict:
+    ts = sorted(times)
+    p99 = ts[min(len(ts) - 1, max(0, int(round(0.99 * (len(ts) - 1)))))]
+    return {"median_ms": round(statistics.median(ts), 3), "p99_ms": round(p99, 3), "min_ms": round(ts[0], 3),
+            "n": len(ts)}
+
+
+class _Case:
+    """One backend at one (size, batch): inputs, a bitstream batch, and the time lists."""
+
+    def __init__(self, enc, dec, size, batch, steps_list, device):
+        self.enc, self.dec, self.device = enc, dec, device
+        g = torch.Generator().manual_seed(size[0] * 7919 + size[1] * 31 + batch)
+        self.images = [torch.rand(3, *size, generator=g) for _ in range(batch)]
+        self.caps = [CAPTION] * batch
+        self.steps_list = steps_list
+        self.datas = None
+        self.times = {"encode": [], **{f"decode_k{k}": [] for k in steps_list}}
+        self.stages = {w: [] for w in self.times}
+
+    def _sync(self):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def run(self, what: str, synced: bool) -> float:
+        pipe = self.enc.pipeline
+        pipe.sync_timings = synced
+        self._sync()
+        t = time.perf_counter()
+        if what == "encode":
+            self.datas = self.enc.encode_batch(self.images, self.caps)
+            timings = self.enc.timings
+        else:
+            self.dec.decode_batch(self.datas, steps=int(what[len("decode_k"):]), output="tensor")
+            timings = self.dec.timings
+        self._sync()
+        ms = (time.perf_counter() - t) * 1e3
+        pipe.sync_timings = True
+        (self.stages if synced else self.times)[what].append(timings if synced else ms)
+        return ms
+
+
+def bench_grid(codecs: dict, sizes, batches, steps_list, repeats, warmup, stage_runs, device,
+               deadline: float, log=print) -> dict:
+    """{backend: {"WxH/bB": {...}}}; configs past the deadline are skipped and say so."""
+    out: dict = {b: {} for b in codecs}
+    for (h, w) in sizes:
+        for batch in batches:
+            key = f"{w}x{h}/b{batch}"
+            if time.perf_counter() > deadline:
+                for b in codecs:
+                    out[b][key] = {"skipped": "time budget spent"}
+                log(f"bench: {key}: skipped (time budget spent)")
+                continue
+            cases = {}
+            for b, (enc, dec) in codecs.items():
+                try:
+                    if device.startswith("cuda"):
+                        torch.cuda.reset_peak_memory_stats()
+                    t = time.perf_counter()
+                    case = _Case(enc, dec, (h, w), batch, steps_list, device)
+                    with PeakRSS() as mem:
+                        for _ in range(max(1, warmup)):
+                            case.run("encode", False)
+                            for k in steps_list:
+                                case.run(f"decode_k{k}", False)
+                        case.times = {wh: [] for wh in case.times}
+                    case.warmup_s = time.perf_counter() - t
+                    case.peak = mem.peak
+                    cases[b] = case
+                except Exception as e:  # one backend failing a shape must not stop the grid
+                    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    out[b][key] = {"error": msg}
+                    log(f"bench: {b} {key}: {msg}")
+            whats = ["encode"] + [f"decode_k{k}" for k in steps_list]
+            for i in range(repeats + stage_runs):
+                for b, case in cases.items():
+                    for wh in whats:
+                        case.run(wh, synced=i >= repeats)
+            for b, case in cases.items():
+                r = {"warmup_s": round(case.warmup_s, 2), "bytes_per_image": sum(map(len, case.datas)) / batch}
+                for wh in whats:
+                    st = _stats(case.times[wh])
+                    st["images_per_s"] = round(batch / (st["median_ms"] / 1e3), 1)
+                    st["stages_ms"] = _median_stages(case.stages[wh])
+                    synced_sum = sum(st["stages_ms"].values())
+                    st["synced_total_ms"] = round(synced_sum, 3)
+                    if wh.startswith("decode"):
+                        ent = st["stages_ms"].get("entropy_decode", 0.0)
+                        st["entropy_share"] = round(ent / synced_sum, 4) if synced_sum else None
+                    r[wh] = st
+                if device.startswith("cuda"):
+                    r["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                else:
+                    r["peak_rss_mb"] = round(case.peak, 1)
+                out[b][key] = r
+                dec = " ".join(f"K{k} {r[f'decode_k{k}']['median_ms']:.2f}" for k in steps_list)
+                log(f"bench: {b:<14} {key:<12} encode {r['encode']['median_ms']:.2f} ms, decode {dec} ms")
     return out
+
+
+def _load_codecs(args, model, device) -> tuple[dict, object]:
+    import slim_rt
+    from slim_rt.captions import FixedCaptioner
+
+    cap = FixedCaptioner(CAPTION)
+    codecs, tmp, export_dir = {}, None, args.export_dir
+    for name in args.backends:
+        kind, dtype = BACKEND_DTYPES[name]
+        if kind in ("torch", "compiled"):
+            opts = None
+            if kind == "compiled":
+                from slim_rt.backends.compiled_backend import CompileOptions
+                opts = CompileOptions(mode=args.compile_mode, dynamic=True if args.compile_dynamic else None)
+            enc = slim_rt.Encoder.from_pretrained(model, rate=args.rate, device=device, backend=kind, dtype=dtype,
+                                                  captioner=cap, steps=max(args.steps), text_encoder=args.text_encoder,
+                                                  compile_options=opts)
+        else:
+            if export_dir is None:
+                from slim_rt.export import export_model
+                tmp = tempfile.TemporaryDirectory(prefix="slim-bench-")
+                export_dir = str(Path(tmp.name) / "export")
+                big = max(args.sizes, key=lambda s: s[0] * s[1])
+                small = min(args.sizes, key=lambda s: s[0] * s[1])
+                print(f"bench: exporting {model} to ONNX (profile up to {big[1]}x{big[0]})", file=sys.stderr)
+                export_model(model, export_dir, size=small, max_size=big, batch=max(args.batch),
+                             progress=lambda s: None)
+            enc = slim_rt.Encoder.from_engines(export_dir, kind, rate=args.rate, device=device, captioner=cap,
+                                               steps=max(args.steps))
+        codecs[name] = (enc, slim_rt.Decoder(enc.pipeline, max_pixels=enc.max_pixels * max(args.batch)))
+        enc.max_pixels *= max(args.batch)
+    return codecs, tmp
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="slim-rt bench latency", description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="SLIM model dir or name (default: slim-tiny, else the tiny random model)")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    ap.add_argument("--text-encoder", help="a context-table folder in place of the model's text encoder")
+    ap.add_argument("--sizes", type=parse_size, nargs="+", default=[parse_size("256"), parse_size("512")])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1])
+    ap.add_argument("--steps", type=int, nargs="+", default=None, help="K values to decode with (default: the model's)")
+    ap.add_argument("--rate", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--stage-runs", type=int, default=None, help="synchronised runs for the stage split (default min(repeats, 10))")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--backends", nargs="+", default=["torch", "ort"], choices=["torch", "ort", "trt"])
+    ap.add_argument("--backends", nargs="+", default=["torch", "ort"], choices=list(BACKEND_DTYPES))
     ap.add_argument("--export-dir", help="an existing `slim-rt export` dir for ort/trt (default: export now)")
-    ap.add_argument("--steps", type=int, default=None, help="enhancement steps (default: the model's)")
+    ap.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled backends")
+    ap.add_argument("--compile-dynamic", action="store_true",
+                    help="compile with symbolic sizes from the start (one compile per stage for all shapes)")
+    ap.add_argument("--time-budget-s", type=float, default=None, help="skip configs that start after this")
     ap.add_argument("--out", default=str(RESULTS), help="results folder")
     args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    deadline = t0 + args.time_budget_s if args.time_budget_s else float("inf")
 
     import slim_rt
-    from slim_rt.captions import FixedCaptioner
     from slim_rt.models.slim import bundled_dir
 
     if args.model:
@@ -137,86 +271,67 @@ def main(argv: list[str] | None = None) -> int:
         from slim_rt.testing import tiny_random_cache_dir
         model = str(tiny_random_cache_dir())
         print("bench: slim-tiny is not bundled; using the tiny random model", file=sys.stderr)
-    cap = FixedCaptioner("a photo of a cat")
+    if args.steps is None:
+        args.steps = [slim_rt.Encoder.from_pretrained(model, text_encoder=args.text_encoder).steps]
+    stage_runs = min(args.repeats, 10) if args.stage_runs is None else args.stage_runs
+    from slim_rt.export.onnx_export import versions
     results: dict = {
         "model": model, "device": args.device, "device_name": _device_name(args.device), "cpu": _cpu_model(),
-        "threads": torch.get_num_threads(), "sizes": args.sizes, "repeats": args.repeats, "warmup": args.warmup,
-        "versions": {}, "backends": {},
+        "threads": torch.get_num_threads(), "sizes": [f"{w}x{h}" for h, w in args.sizes], "batch": args.batch,
+        "steps": args.steps, "rate": args.rate, "repeats": args.repeats, "warmup": args.warmup,
+        "stage_runs": stage_runs, "versions": versions(), "backends": {},
+        "compile": {"mode": args.compile_mode, "dynamic": bool(args.compile_dynamic)},
     }
-    from slim_rt.export.onnx_export import versions
-    results["versions"] = versions()
-    tmp = None
-    export_dir = args.export_dir
-    codecs = {}
-    for backend in args.backends:
-        if backend == "torch":
-            enc = slim_rt.Encoder.from_pretrained(model, device=args.device, captioner=cap, steps=args.steps)
-        else:
-            if export_dir is None:
-                from slim_rt.export import export_model
-                tmp = tempfile.TemporaryDirectory(prefix="slim-bench-")
-                export_dir = str(Path(tmp.name) / "export")
-                big = max(args.sizes)
-                print(f"bench: exporting {model} to ONNX (profile up to {big}x{big})", file=sys.stderr)
-                export_model(model, export_dir, size=(min(args.sizes),) * 2, max_size=(big, big),
-                             progress=lambda s: None)
-            enc = slim_rt.Encoder.from_engines(export_dir, backend, device=args.device, captioner=cap,
-                                               steps=args.steps)
-        codecs[backend] = (enc, slim_rt.Decoder(enc.pipeline))
-    # backends interleaved run by run, so that load from other processes hits them alike
-    for size in args.sizes:
-        runs: dict[str, list[dict]] = {b: [] for b in codecs}
-        for i in range(args.repeats):
-            for b, (enc, dec) in codecs.items():
-                runs[b].append(bench_codec(enc, dec, size, 1, args.warmup if i == 0 else 0, args.device))
-        for b, rs in runs.items():
-            r = {w: {"median_ms": round(statistics.median(x[w]["median_ms"] for x in rs), 3),
-                     "min_ms": round(min(x[w]["min_ms"] for x in rs), 3),
-                     "stages_ms": _median_stages([x[w]["stages_ms"] for x in rs])} for w in ("encode", "decode")}
-            r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in rs)
-            if "peak_cuda_mb" in rs[0]:
-                r["peak_cuda_mb"] = max(x["peak_cuda_mb"] for x in rs)
-            r["bytes"] = rs[0]["bytes"]
-            results["backends"].setdefault(b, {})[str(size)] = r
-            print(f"bench: {b:<6} {size}x{size}: encode {r['encode']['median_ms']:.1f} ms, "
-                  f"decode {r['decode']['median_ms']:.1f} ms, peak RSS {r['peak_rss_mb']:.0f} MiB", file=sys.stderr)
-    per = {str(s): None for s in args.sizes}
-    if "torch" in results["backends"]:
-        results["ratios_vs_torch"] = {
-            b: {s: {w: round(results["backends"][b][s][w]["median_ms"] /
-                             results["backends"]["torch"][s][w]["median_ms"], 3) for w in ("encode", "decode")}
-                for s in per} for b in results["backends"] if b != "torch"}
+    codecs, tmp = _load_codecs(args, model, args.device)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    results["backends"] = bench_grid(codecs, args.sizes, args.batch, args.steps, args.repeats, args.warmup,
+                                     stage_runs, args.device, deadline, log)
+    results["wall_s"] = round(time.perf_counter() - t0, 1)
+    base = results["backends"].get("torch", {})
+    results["speedup_vs_torch"] = {
+        b: {key: {wh: round(base[key][wh]["median_ms"] / r[wh]["median_ms"], 3)
+                  for wh in r if isinstance(r[wh], dict) and "median_ms" in r[wh] and wh in base.get(key, {})}
+            for key, r in per.items() if "error" not in r and "skipped" not in r}
+        for b, per in results["backends"].items() if b != "torch" and base}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"latency-{results['device_name']}"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     stem.with_suffix(".md").write_text(render_md(results))
-    print(f"bench: wrote {stem}.json and {stem}.md", file=sys.stderr)
+    log(f"bench: wrote {stem}.json and {stem}.md")
     if tmp is not None:
         tmp.cleanup()
     return 0
 
 
 def render_md(r: dict) -> str:
-    lines = [f"# Latency: {r['device_name']} ({r['cpu'] if r['device'] == 'cpu' else r['device']})", "",
-             f"Model `{r['model']}`, {r['threads']} torch threads, median of {r['repeats']} runs after "
-             f"{r['warmup']} warm-up; versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
-             "| backend | size | encode ms | decode ms | peak RSS MiB | decode vs torch |",
-             "|---|---|---|---|---|---|"]
+    dev = r["device_name"] if r["device"] == "cpu" else f"{r['device_name']} ({r['device']})"
+    lines = [f"# Latency: {dev}", "",
+             f"Model `{r['model']}`, rate {r['rate']}, {r['threads']} torch threads (CPU: {r['cpu']}). "
+             f"End-to-end: median and p99 of {r['repeats']} runs after {r['warmup']} warm-up, no synchronisation "
+             f"between stages; stage split from {r['stage_runs']} synchronised runs. Versions: "
+             + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
+             "| backend | size/batch | encode ms (p99) | " + " | ".join(f"decode K={k} ms (p99)" for k in r["steps"])
+             + " | img/s decode K=" + str(r["steps"][-1]) + " | entropy share | peak MiB |",
+             "|---|---|---|" + "---|" * len(r["steps"]) + "---|---|---|"]
     for b, per in r["backends"].items():
-        for s, x in per.items():
-            ratio = r.get("ratios_vs_torch", {}).get(b, {}).get(s, {}).get("decode", 1.0 if b == "torch" else None)
-            lines.append(f"| {b} | {s}x{s} | {x['encode']['median_ms']:.1f} | {x['decode']['median_ms']:.1f} | "
-                         f"{x['peak_rss_mb']:.0f} | {'' if ratio is None else f'{ratio:.2f}x'} |")
-    if r["device"] == "cpu":
-        lines += ["", "Caveat: on CPU both runtimes share one process and its cores (torch's OpenMP pool and ORT's "
-                  "thread pool interfere), and a shared machine adds noise: compare per-stage medians too."]
-    lines += ["", "Per-stage medians (ms):", ""]
+        for key, x in per.items():
+            if "error" in x or "skipped" in x:
+                lines.append(f"| {b} | {key} | {x.get('error') or x.get('skipped')} |" + " |" * (len(r["steps"]) + 3))
+                continue
+            last = x[f"decode_k{r['steps'][-1]}"]
+            decs = " | ".join(f"{x[f'decode_k{k}']['median_ms']:.2f} ({x[f'decode_k{k}']['p99_ms']:.2f})"
+                              for k in r["steps"])
+            share = last.get("entropy_share")
+            peak = x.get("peak_cuda_mb", x.get("peak_rss_mb"))
+            lines.append(f"| {b} | {key} | {x['encode']['median_ms']:.2f} ({x['encode']['p99_ms']:.2f}) | {decs} | "
+                         f"{last['images_per_s']:.0f} | {'' if share is None else f'{100 * share:.1f}%'} | {peak:.0f} |")
+    lines += ["", "Per-stage medians (ms, synchronised runs):", ""]
     for b, per in r["backends"].items():
-        for s, x in per.items():
-            for w in ("encode", "decode"):
-                st = ", ".join(f"{k} {v:.2f}" for k, v in x[w]["stages_ms"].items())
-                lines.append(f"- {b} {s}x{s} {w}: {st}")
+        for key, x in per.items():
+            for wh, st in x.items():
+                if isinstance(st, dict) and "stages_ms" in st:
+                    lines.append(f"- {b} {key} {wh}: " + ", ".join(f"{k} {v:.3f}" for k, v in st["stages_ms"].items()))
     return "\n".join(lines) + "\n"
 
 
