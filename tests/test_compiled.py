@@ -59,3 +59,16 @@ def test_context_table_replaces_text_encoder(tiny_dir, tmp_path):
         dec.decode(other)
     with pytest.raises(ModelLoadError, match="not a context table"):
         SlimModel.from_pretrained(str(tiny_dir), text_encoder=str(tmp_path))
+
+
+def test_fingerprint_does_not_depend_on_runtime_dtype(tiny_dir):
+    """An fp16/bf16 decoder must accept files of an fp32 encoder (transformers records the load dtype
+    in the text encoder's config; the fingerprint ignores it)."""
+    from slim_rt.models.slim import SlimModel
+
+    fps = {dt: SlimModel.from_pretrained(str(tiny_dir), dtype=dt).fingerprint_hex
+           for dt in (torch.float32, torch.float16, torch.bfloat16)}
+    assert len(set(fps.values())) == 1, fps
+    data = slim_rt.Encoder.from_pretrained(str(tiny_dir), captioner=FixedCaptioner("")).encode(torch.rand(3, 64, 64))
+    img = slim_rt.Decoder.from_pretrained(str(tiny_dir), dtype=torch.bfloat16).decode(data, output="tensor")
+    assert img.shape == (3, 64, 64) and torch.isfinite(img).all()

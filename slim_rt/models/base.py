@@ -63,6 +63,10 @@ class BaseModel:
             out["text_encoder"] = self.text_encoder.config.to_dict()
         out = {name: {k: v for k, v in cfg.items() if k == "_class_name" or not (k.startswith("_") or k.endswith("_version"))}
                for name, cfg in out.items()}
+        for cfg in out.values():  # the precision it runs in is not the model: fp16/bf16 decoders read fp32 files
+            if "dtype" in cfg or "torch_dtype" in cfg:
+                cfg.pop("torch_dtype", None)
+                cfg["dtype"] = "float32"  # the value an fp32 load records: fingerprints of existing models stay
         return json.loads(json.dumps(out, default=str))
 
     def to(self, device, dtype=None) -> "BaseModel":
