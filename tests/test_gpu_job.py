@@ -66,3 +66,22 @@ def test_prepare_budget_no_download(tmp_path):
     # the context table loads and holds the benchmark captions
     table, _tok = load_context_table(job / "contexts" / "slim-tiny")
     assert table.captions == list(prepare.BENCH_CAPTIONS)
+
+
+def test_run_job_cpu_subset(tmp_path):
+    """The GPU job's runner on a machine without CUDA: runs the CPU subset, says so, writes its files."""
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the job would run the full GPU sections")
+    run = _load("gpu_job_run", ROOT / "benchmarks" / "gpu" / "run.py")
+    out = tmp_path / "out"
+    assert run.main(["--out", str(out), "--sections", "env", "latency", "--budget-s", "240"]) == 0
+    log = (out / "run.log").read_text()
+    assert "running the CPU subset" in log and "latency: rc=0" in log
+    res = json.loads((out / "latency-cpu.json").read_text())
+    assert set(res["backends"]) == {"torch", "torch-bf16"}
+    for per in res["backends"].values():
+        for r in per.values():
+            assert r["encode"]["median_ms"] > 0 and r["decode_k1"]["p99_ms"] >= r["decode_k1"]["median_ms"] > 0
+            assert sum(r["decode_k1"]["stages_ms"].values()) > 0
+    assert len(list(out.iterdir())) <= 8
