@@ -22,14 +22,18 @@ CAP = FixedCaptioner("a photo of a cat")
 
 @pytest.fixture(scope="module")
 def codecs(tiny_dir):
+    from slim_rt.backends.compiled_backend import CompileOptions
     d = str(tiny_dir)
+    dyn = CompileOptions(dynamic=True)  # one compile per stage for all the test's shapes
     out = {
         "cpu": slim_rt.Encoder.from_pretrained(d, captioner=CAP, steps=1),
         "cuda": slim_rt.Encoder.from_pretrained(d, captioner=CAP, steps=1, device="cuda"),
         "cuda-fp16": slim_rt.Encoder.from_pretrained(d, captioner=CAP, steps=1, device="cuda", dtype=torch.float16),
-        "compiled": slim_rt.Encoder.from_pretrained(d, captioner=CAP, steps=1, device="cuda", backend="compiled"),
+        "compiled": slim_rt.Encoder.from_pretrained(d, captioner=CAP, steps=1, device="cuda", backend="compiled",
+                                                    compile_options=dyn),
         "compiled-bf16": slim_rt.Encoder.from_pretrained(d, captioner=CAP, steps=1, device="cuda",
-                                                         backend="compiled", dtype=torch.bfloat16),
+                                                         backend="compiled", dtype=torch.bfloat16,
+                                                         compile_options=dyn),
     }
     return {k: (e, slim_rt.Decoder(e.pipeline)) for k, e in out.items()}
 

@@ -4,7 +4,7 @@
     bash benchmarks/gpu/run.sh                # on the GPU machine (OUT=folder for the results)
 
 Each section runs in its own process under its own time limit, inside one overall budget (default
-480 s), so a section that hangs or breaks costs only its share and the others still report. Results go
+500 s), so a section that hangs or breaks costs only its share and the others still report. Results go
 to --out (at most 8 files: run.log, gpu-tests.txt, kernels-*.json/.md, latency-*.json/.md, sd15-*.json).
 Without CUDA it runs the CPU subset (the GPU tests are collected and skipped, the kernels are checked
 under the Triton interpreter, latency and SD-1.5 run tiny smoke configurations) and says so: that is how
@@ -46,14 +46,14 @@ def commands(gpu: bool, out: Path, quick: bool) -> dict[str, tuple[list[str], fl
     py = sys.executable
     ctx = JOB / "contexts" / "slim-tiny"
     if gpu:
-        lat = ["--model", "slim-tiny", "--device", "cuda", "--sizes", "256", "512", "768x512", "--batch", "1", "8",
+        lat = ["--model", "slim-tiny", "--device", "cuda", "--sizes", "512", "256", "768x512", "--batch", "1", "8",
                "--steps", "0", "1", "2", "--rate", "1", "--backends", "torch", "torch-fp16", "torch-bf16", "compiled",
-               "compiled-fp16", "--repeats", "50", "--warmup", "2", "--stage-runs", "10", "--compile-dynamic",
-               "--time-budget-s", "150"]
+               "compiled-fp16", "--repeats", "50", "--warmup", "2", "--stage-runs", "5", "--compile-dynamic",
+               "--time-budget-s", "140"]
         if ctx.is_dir():
             lat += ["--text-encoder", str(ctx)]
-        sd = ["--budget-s", "120"]
-        limits = {"env": 60, "tests": 100, "kernels": 45, "latency": 190, "sd15": 150}
+        sd = ["--budget-s", "130"]
+        limits = {"env": 60, "tests": 110, "kernels": 45, "latency": 180, "sd15": 150}
     else:  # the CPU subset: same code paths, tiny configurations
         lat = ["--sizes", "64", "--batch", "1", "--steps", "0", "1", "--backends", "torch", "torch-bf16",
                "--repeats", "2", "--warmup", "1", "--stage-runs", "1"]
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results" / "gpu-run"))
     ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
-    ap.add_argument("--budget-s", type=float, default=480.0, help="the whole job's wall-clock budget")
+    ap.add_argument("--budget-s", type=float, default=500.0, help="the whole job's wall-clock budget")
     ap.add_argument("--quick", action="store_true", help="CPU smoke for CI: fewer tests")
     args = ap.parse_args(argv)
     import torch
