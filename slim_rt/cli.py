@@ -349,6 +349,46 @@ def _add_deploy_commands(sub) -> None:
     p.set_defaults(fn=cmd_bench)
 
 
+def cmd_serve(args) -> int:
+    from slim_rt import serve
+    try:
+        serve.require_pytriton()
+    except ImportError as e:
+        raise CliError(str(e)) from None
+    cfg = serve.ServeConfig(
+        model=args.model if args.model or args.backend in ("ort", "trt") else _default_model(),
+        backend=args.backend, devices=tuple(d.strip() for d in args.device.split(",") if d.strip()),
+        export_dir=args.export_dir, address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port, max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
+        max_pixels=args.max_pixels, rate=args.rate, warmup=None if args.no_warmup else tuple(args.warmup),
+        log_file=args.log_file)
+    return serve.serve(cfg)
+
+
+def _add_serve_command(sub) -> None:
+    """`slim-rt serve` (issue 14): Triton Inference Server through PyTriton (slim_rt.serve)."""
+    from slim_rt.api import DEFAULT_MAX_PIXELS
+    p = sub.add_parser("serve", help="serve slim_decode/slim_encode on NVIDIA Triton Inference Server (PyTriton)")
+    p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
+    p.add_argument("--backend", default="torch", choices=["torch", "torch.compile", "compiled", "ort", "trt"])
+    p.add_argument("--export-dir", help="exported directory (slim-rt export) for --backend ort|trt")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or a comma list (cuda:0,cuda:1): one instance each")
+    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--max-batch", type=int, default=8, help="dynamic batching: most requests per batch (default 8)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000,
+                   help="dynamic batching: longest wait for a fuller batch, microseconds (default 2000)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images over this many pixels")
+    p.add_argument("--rate", type=int, default=0, help="slim_encode's default rate point (default 0)")
+    p.add_argument("--warmup", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
+                   help="image size coded at every rate before serving (default 256 256)")
+    p.add_argument("--no-warmup", action="store_true")
+    p.add_argument("--log-file", help="Triton's log file (default: standard output)")
+    p.set_defaults(fn=cmd_serve)
+
+
 def cmd_eval(args) -> int:
     import importlib.util
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "eval.py"
@@ -432,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance of the decoder, e.g. for a many-step teacher (default 1: none)")
     p.set_defaults(fn=cmd_eval)
     _add_deploy_commands(sub)
+    _add_serve_command(sub)
     return ap
 
 
