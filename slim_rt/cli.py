@@ -344,7 +344,7 @@ def _add_deploy_commands(sub) -> None:
     p.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
     p.set_defaults(fn=cmd_export)
     p = sub.add_parser("bench", help="benchmarks (from a source checkout): bench latency [--help]")
-    p.add_argument("what", choices=["latency"])
+    p.add_argument("what", choices=["latency", "serve"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
     p.set_defaults(fn=cmd_bench)
 

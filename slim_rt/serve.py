@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -232,7 +233,7 @@ class EncodeModel:
                     px = np.asarray(req["image"])
                     if px.dtype != np.uint8 or px.ndim != 4:
                         raise ValueError(f"input 'image' must be uint8 HxWxC, got {px.dtype} {list(px.shape[1:])}")
-                    n, srcs = px.shape[0], list(px)
+                    n, srcs = px.shape[0], [np.array(x) for x in px]  # writable copies for torch
                 else:
                     f = np.asarray(req["file"])
                     n = f.shape[0]
@@ -449,7 +450,11 @@ class Server:
         except BaseException as e:
             self.stop()
             if isinstance(e, Exception):
-                raise RuntimeError(f"Triton Inference Server did not start: {error_text(e)}") from e
+                lines = [ln.strip() for ln in str(e).replace("\\n", "\n").splitlines() if ln.strip()]
+                cause = [ln for ln in lines[1:] if re.match(r"^[\w.]+(Error|Exception)\b", ln)]
+                why = f"{lines[0][:200]} ... {cause[-1][:200]}" if cause else error_text(e)
+                raise RuntimeError(f"Triton Inference Server did not start: {why}"
+                                   + (f" (Triton's log: {c.log_file})" if c.log_file else "")) from e
             raise
 
     def is_alive(self) -> bool:
