@@ -248,6 +248,22 @@ def test_server_decodes_bit_exact(server, codec, files):
         assert np.array_equal(c.decode(d, steps=0), ref_image(dec, d, steps=0))
 
 
+def test_readme_curl_recipe(server, codec, files, tmp_path):
+    """The README's curl lines (Triton's binary tensor extension), run as written against this server."""
+    import shutil
+    if not (shutil.which("curl") and shutil.which("perl")):
+        pytest.skip("curl or perl not installed")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    script = re.search(r"^n=\$\(stat -c %s demo\.slim\).*?> decoded\.png$", readme, re.S | re.M).group(0)
+    data = files["good"][(64, 96)]
+    (tmp_path / "demo.slim").write_bytes(data)
+    r = subprocess.run(["bash", "-c", script.replace("127.0.0.1:8000", server["http"].split("//")[1])],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and '"name":"error","datatype":"BYTES","shape":[1,1],"data":[""]' in r.stdout, r
+    png = np.asarray(Image.open(tmp_path / "decoded.png"))
+    assert np.array_equal(png, ref_image(codec[1], data))
+
+
 def test_server_encodes_like_in_process(server, codec, tmp_path):
     from slim_rt.client import Client
     enc, dec = codec
