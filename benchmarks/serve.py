@@ -129,6 +129,8 @@ class ServerProcess:
                "--warmup", str(args.size[0]), str(args.size[1]), "--log-file", str(log_dir / f"triton-b{max_batch}.log")]
         if args.export_dir:
             cmd += ["--export-dir", args.export_dir]
+        if args.text_encoder:
+            cmd += ["--text-encoder", args.text_encoder]
         self._log = open(self.out, "w")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
@@ -195,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="slim-tiny")
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--export-dir")
+    ap.add_argument("--text-encoder", help="a context-table folder in place of the model's text encoder")
+    ap.add_argument("--caption", help="caption of every file (default: automatic)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
     ap.add_argument("--rate", type=int, default=0)
@@ -214,10 +218,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import slim_rt
     from slim_rt.serve import ServeConfig, build_codecs, to_uint8_hwc
-    cfg = ServeConfig(model=args.model, backend=args.backend, export_dir=args.export_dir, rate=args.rate)
+    cfg = ServeConfig(model=args.model, backend=args.backend, export_dir=args.export_dir, rate=args.rate,
+                      text_encoder=args.text_encoder)
     enc, dec = build_codecs(cfg, args.device)
     size = tuple(args.size)
-    datas = enc.encode_batch(_images(size, args.images), rate=args.rate)  # automatic captions
+    caps = None if args.caption is None else [args.caption] * args.images  # None: automatic captions
+    datas = enc.encode_batch(_images(size, args.images), caps, rate=args.rate)
     dec.warmup(sizes=[size])
     refs = [to_uint8_hwc(dec.decode(d, output="tensor")) for d in datas]
     info = slim_rt.inspect(datas[0])
@@ -241,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         "what": "closed-loop decode load test of slim-rt serve (Triton via PyTriton) on 127.0.0.1 vs in-process",
         "model": args.model, "backend": args.backend, "device": args.device, "device_name": device,
         "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "size_hw": list(size), "rate": args.rate, "steps": info["steps"], "bytes_per_file": info["bytes"]["total"],
+        "size_hw": list(size), "rate": args.rate, "caption": args.caption or "automatic", "steps": info["steps"],
+        "bytes_per_file": info["bytes"]["total"],
         "clients": args.clients, "requests_per_client": args.requests, "budget_s": args.budget_s,
         "load_s": round(load_s, 1), "elapsed_s": round(time.perf_counter() - t0, 1),
         "versions": {"torch": torch.__version__, "nvidia-pytriton": pytriton.__version__,
@@ -260,6 +267,7 @@ def markdown(r: dict) -> str:
     h, w = r["size_hw"]
     lines = [f"# slim-rt serve load test: {r['device']} ({r['device_name']})", "",
              f"Model `{r['model']}` ({r['backend']}), {w}x{h}, rate {r['rate']}, K = {r['steps']}, "
+             f"caption {r.get('caption', 'automatic')!r}, "
              f"{r['bytes_per_file']} bytes per file; {r['clients']} clients x {r['requests_per_client']} requests, "
              f"closed loop on 127.0.0.1 (HTTP, tritonclient); {r['cores']} cores, {r['torch_threads']} torch threads; "
              f"load {r['load_s']} s of a {r['budget_s']:.0f} s budget. Versions: "

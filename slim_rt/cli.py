@@ -361,7 +361,7 @@ def cmd_serve(args) -> int:
         export_dir=args.export_dir, address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
         max_pixels=args.max_pixels, rate=args.rate, warmup=None if args.no_warmup else tuple(args.warmup),
-        log_file=args.log_file)
+        log_file=args.log_file, text_encoder=args.text_encoder)
     return serve.serve(cfg)
 
 
@@ -372,6 +372,7 @@ def _add_serve_command(sub) -> None:
     p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
     p.add_argument("--backend", default="torch", choices=["torch", "torch.compile", "compiled", "ort", "trt"])
     p.add_argument("--export-dir", help="exported directory (slim-rt export) for --backend ort|trt")
+    p.add_argument("--text-encoder", help="a context-table folder to use in place of the model's text encoder")
     p.add_argument("--device", default="cpu", help="cpu, cuda or a comma list (cuda:0,cuda:1): one instance each")
     p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--http-port", type=int, default=8000)

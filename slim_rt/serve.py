@@ -301,6 +301,7 @@ class ServeConfig:
     backend: str = "torch"              # torch | torch.compile | compiled | ort | trt
     devices: tuple[str, ...] = ("cpu",)  # one model instance per device
     export_dir: str | None = None       # for ort / trt (slim-rt export)
+    text_encoder: str | None = None     # a context-table folder in place of the text encoder (torch backends)
     address: str = "127.0.0.1"          # 0.0.0.0 to listen on every interface
     http_port: int = 8000
     grpc_port: int = 8001
@@ -359,7 +360,8 @@ def build_codecs(cfg: ServeConfig, device: str):
         if cfg.export_dir:
             raise ValueError(f"--export-dir is for the ort and trt backends, not {cfg.backend!r}")
         dec = slim_rt.Decoder.from_pretrained(cfg.model or slim_rt.api.DEFAULT_MODEL, device=device,
-                                              backend=cfg.backend, max_pixels=max_pixels)
+                                              backend=cfg.backend, max_pixels=max_pixels,
+                                              text_encoder=cfg.text_encoder)
     enc = slim_rt.Encoder(dec.pipeline, rate=cfg.rate, max_pixels=max_pixels)
     return enc, dec
 
