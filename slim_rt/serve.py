@@ -414,6 +414,7 @@ class Server:
             t0 = time.perf_counter()
             for enc, dec in self.codecs:
                 dec.warmup(sizes=[size])
+                enc.encode(np.full((*size, 3), 128, np.uint8))  # loads the automatic captioner too
             self._say(f"warmed up at {size[1]}x{size[0]} in {time.perf_counter() - t0:.1f} s")
         self._start_triton()
         return self
