@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import pytest
@@ -47,3 +48,13 @@ def ort_decoder(exported):
 
 def rand_image(h, w):
     return torch.rand(3, h, w)
+
+
+def pytest_runtest_logreport(report):
+    """SLIM_TEST_FAILURES=file: append each failure's report as soon as it happens (the GPU job's
+    tests run under a hard time limit; pytest's own summary comes only at the end, and a killed run
+    would lose it)."""
+    path = os.environ.get("SLIM_TEST_FAILURES")
+    if path and report.failed:
+        with open(path, "a") as f:
+            f.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
