@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from slim_rt.errors import first_line
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -146,8 +148,9 @@ class _Case:
 
 
 def bench_grid(codecs: dict, sizes, batches, steps_list, repeats, warmup, stage_runs, device,
-               deadline: float, log=print) -> dict:
-    """{backend: {"WxH/bB": {...}}}; configs past the deadline are skipped and say so."""
+               deadline: float, log=print, on_case=lambda out: None) -> dict:
+    """{backend: {"WxH/bB": {...}}}; configs past the deadline are skipped and say so. on_case(out) after
+    each (size, batch): the caller writes partial results, so a run cut short keeps what it measured."""
     out: dict = {b: {} for b in codecs}
     for (h, w) in sizes:
         for batch in batches:
@@ -174,7 +177,7 @@ def bench_grid(codecs: dict, sizes, batches, steps_list, repeats, warmup, stage_
                     case.peak = mem.peak
                     cases[b] = case
                 except Exception as e:  # one backend failing a shape must not stop the grid
-                    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    msg = first_line(e)
                     out[b][key] = {"error": msg}
                     log(f"bench: {b} {key}: {msg}")
             whats = ["encode"] + [f"decode_k{k}" for k in steps_list]
@@ -201,6 +204,7 @@ def bench_grid(codecs: dict, sizes, batches, steps_list, repeats, warmup, stage_
                 out[b][key] = r
                 dec = " ".join(f"K{k} {r[f'decode_k{k}']['median_ms']:.2f}" for k in steps_list)
                 log(f"bench: {b:<14} {key:<12} encode {r['encode']['median_ms']:.2f} ms, decode {dec} ms")
+            on_case(out)
     return out
 
 
@@ -216,7 +220,8 @@ def _load_codecs(args, model, device) -> tuple[dict, object]:
             opts = None
             if kind == "compiled":
                 from slim_rt.backends.compiled_backend import CompileOptions
-                opts = CompileOptions(mode=args.compile_mode, dynamic=True if args.compile_dynamic else None)
+                opts = CompileOptions(mode=args.compile_mode, dynamic={"dynamic": True, "static": False}.get(
+                    args.compile_shapes))
             enc = slim_rt.Encoder.from_pretrained(model, rate=args.rate, device=device, backend=kind, dtype=dtype,
                                                   captioner=cap, steps=max(args.steps), text_encoder=args.text_encoder,
                                                   compile_options=opts)
@@ -252,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", nargs="+", default=["torch", "ort"], choices=list(BACKEND_DTYPES))
     ap.add_argument("--export-dir", help="an existing `slim-rt export` dir for ort/trt (default: export now)")
     ap.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled backends")
-    ap.add_argument("--compile-dynamic", action="store_true",
-                    help="compile with symbolic sizes from the start (one compile per stage for all shapes)")
+    ap.add_argument("--compile-shapes", choices=["auto", "dynamic", "static"], default="auto",
+                    help="dynamic: symbolic sizes from the start (one compile per stage for all shapes); static: "
+                         "one compile per shape (fastest code and compile for one shape); auto: dynamo's default")
     ap.add_argument("--time-budget-s", type=float, default=None, help="skip configs that start after this")
     ap.add_argument("--out", default=str(RESULTS), help="results folder")
     args = ap.parse_args(argv)
@@ -280,12 +286,21 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(), "sizes": [f"{w}x{h}" for h, w in args.sizes], "batch": args.batch,
         "steps": args.steps, "rate": args.rate, "repeats": args.repeats, "warmup": args.warmup,
         "stage_runs": stage_runs, "versions": versions(), "backends": {},
-        "compile": {"mode": args.compile_mode, "dynamic": bool(args.compile_dynamic)},
+        "compile": {"mode": args.compile_mode, "shapes": args.compile_shapes},
     }
     codecs, tmp = _load_codecs(args, model, args.device)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"latency-{results['device_name']}"
+
+    def write_partial(backends: dict) -> None:
+        results.update(backends=backends, partial=True, wall_s=round(time.perf_counter() - t0, 1))
+        stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+
     results["backends"] = bench_grid(codecs, args.sizes, args.batch, args.steps, args.repeats, args.warmup,
-                                     stage_runs, args.device, deadline, log)
+                                     stage_runs, args.device, deadline, log, write_partial)
+    results["partial"] = False
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     base = results["backends"].get("torch", {})
     results["speedup_vs_torch"] = {
@@ -293,9 +308,6 @@ def main(argv: list[str] | None = None) -> int:
                   for wh in r if isinstance(r[wh], dict) and "median_ms" in r[wh] and wh in base.get(key, {})}
             for key, r in per.items() if "error" not in r and "skipped" not in r}
         for b, per in results["backends"].items() if b != "torch" and base}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"latency-{results['device_name']}"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     stem.with_suffix(".md").write_text(render_md(results))
     log(f"bench: wrote {stem}.json and {stem}.md")

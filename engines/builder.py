@@ -6,7 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-from slim_rt.errors import ModelLoadError
+from slim_rt.errors import ModelLoadError, first_line
 from slim_rt.export.manifest import read_manifest, sha256_file, stage_files
 from slim_rt.export.specs import Geometry, Profile, stage_specs
 
@@ -139,7 +139,7 @@ def build_engines(root: str | Path, stages: list[str] | None = None, timing_cach
         try:
             build_engine(onnx_path, specs[key], profile, manifest["precision"], plan, timing_cache)
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             say(f"trt {key:<22} FAILED: {msg}")
             raise RuntimeError(f"stage {key}: TensorRT build failed: {msg}") from e
         plan.with_suffix(".json").write_text(json.dumps({**ident, "plan_sha256": sha256_file(plan)}, indent=2))

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from slim_rt.errors import ModelLoadError
+from slim_rt.errors import ModelLoadError, first_line
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "slim-rt-export/1"
@@ -102,7 +102,7 @@ def load_exported_model(root: str | Path, manifest: dict | None = None):
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"), local_files_only=True)
         except Exception as e:
-            raise ModelLoadError(f"{root}/tokenizer: cannot load ({str(e).splitlines()[0]})") from None
+            raise ModelLoadError(f"{root}/tokenizer: cannot load ({first_line(e)})") from None
     sched_file = root / "scheduler" / "scheduler_config.json"
     sched = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
     base = ExportedBase(tokenizer, sched, manifest["base_configs"], str(root))

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from slim_rt.errors import SlimError
+from slim_rt.errors import SlimError, first_line
 from slim_rt.export.manifest import FORMAT, MANIFEST_NAME, sha256_file
 from slim_rt.export.specs import PRECISIONS, Geometry, Profile, StageSpec, specs_json, stage_specs
 
@@ -297,7 +297,7 @@ def export_model(model_or_path, out_dir: str | Path, *, precision: str = "fp32",
             worst = max((p["max_rel"] for p in parity.values() if isinstance(p, dict)), default=float("nan"))
             say(f"export {k:<22} ok  {t_exp:6.1f} s  " + (f"max rel err {worst:.1e}" if check else "not checked"))
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             say(f"export {k:<22} FAILED: {msg}")
             _write_manifest(out, manifest)
             raise ExportError(f"stage {k}: {msg}") from e

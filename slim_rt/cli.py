@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from slim_rt.errors import first_line
+
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".avif"}
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
                   ".tif": "TIFF", ".tiff": "TIFF"}
@@ -486,10 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         return _err(str(e))
     except (ValueError, OSError) as e:  # includes BitstreamError, ModelMismatchError, ModelLoadError
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         return _err(msg)
     except RuntimeError as e:
-        return _err(f"runtime failure: {str(e).strip().splitlines()[0] if str(e).strip() else 'unknown'}", 1)
+        return _err(f"runtime failure: {first_line(e)}", 1)
 
 
 if __name__ == "__main__":

@@ -19,3 +19,12 @@ class ModelLoadError(SlimError, OSError):
 
 class ResourceLimitError(SlimError, ValueError):
     """An image or bitstream is within the format but over a caller-set budget (e.g. Decoder.max_pixels)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none
+    (for one-line errors built from third-party exceptions)."""
+    for line in str(e).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(e).__name__

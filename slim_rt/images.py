@@ -14,6 +14,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from slim_rt.errors import first_line
+
 MIN_SIDE = 64
 IMAGE_EXTS_LOWER = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".avif"}
 from slim_rt.bitstream import MAX_PIXELS, MAX_SIDE  # noqa: E402  (one set of limits for both ends)
@@ -46,7 +48,7 @@ def open_image(path: str | Path, check_size: bool = True) -> Image.Image:
     except ValueError:
         raise
     except Exception as e:  # UnidentifiedImageError, truncated files, OSError
-        raise ValueError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise ValueError(f"cannot read image {path}: {first_line(e)}") from None
     return img
 
 

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from slim_rt.errors import first_line
+
 DECODE_MODEL = "slim_decode"
 ENCODE_MODEL = "slim_encode"
 LOG = logging.getLogger("slim_rt.serve")
@@ -52,8 +54,8 @@ LOG = logging.getLogger("slim_rt.serve")
 # -- per-request error text ------------------------------------------------------------------------
 def error_text(e: BaseException) -> str:
     """'<ExceptionClass>: <first line of the message>' (what the `error` output carries)."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    msg = first_line(e)
+    return type(e).__name__ if msg == type(e).__name__ else f"{type(e).__name__}: {msg}"
 
 
 def _scalars(req, name: str, n: int) -> list | None:
@@ -206,7 +208,7 @@ def open_image_bytes(data: bytes):
     except UnidentifiedImageError:
         raise ValueError("cannot read the image file: not a known image format") from None
     except Exception as e:  # truncated files
-        raise ValueError(f"cannot read the image file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+        raise ValueError(f"cannot read the image file: {first_line(e)}") \
             from None
     return img
 

@@ -72,3 +72,9 @@ def test_fingerprint_does_not_depend_on_runtime_dtype(tiny_dir):
     data = slim_rt.Encoder.from_pretrained(str(tiny_dir), captioner=FixedCaptioner("")).encode(torch.rand(3, 64, 64))
     img = slim_rt.Decoder.from_pretrained(str(tiny_dir), dtype=torch.bfloat16).decode(data, output="tensor")
     assert img.shape == (3, 64, 64) and torch.isfinite(img).all()
+
+
+def test_first_line():
+    from slim_rt.errors import first_line
+    assert first_line(ValueError("\n  bad thing \nmore")) == "bad thing"
+    assert first_line(ValueError("")) == "ValueError" and first_line(KeyError()) == "KeyError"

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from slim_rt.errors import first_line
 from slim_rt.backends import STAGES, Stage
 from slim_rt.models.slim import SlimModel
 
@@ -118,7 +119,7 @@ class CompiledStage:
                 out = self.fn(*static)
             return _Graph(graph, static, out)
         except Exception as e:  # a stage that cannot be captured still runs, compiled
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             warnings.warn(f"compiled backend: stage {self.name} shape {[tuple(a.shape) for a in args]} "
                           f"runs without a CUDA graph ({msg})", RuntimeWarning, stacklevel=3)
             return None

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from slim_rt.errors import ModelLoadError
+from slim_rt.errors import ModelLoadError, first_line
 
 _ORT_TO_TORCH = {
     "tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16,
@@ -72,7 +72,7 @@ class OrtStage:
         try:
             self.session = ort.InferenceSession(str(path), so, providers=providers or default_providers(device))
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             raise ModelLoadError(f"stage {key!r}: cannot load {path}: {msg}") from None
         self.inputs = {i.name: _ORT_TO_TORCH.get(i.type, torch.float32) for i in self.session.get_inputs()}
         self.outputs = {o.name: _ORT_TO_TORCH.get(o.type, torch.float32) for o in self.session.get_outputs()}

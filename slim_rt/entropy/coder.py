@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-from slim_rt.errors import BitstreamError
+from slim_rt.errors import BitstreamError, first_line
 
 END_MARKER = 0x5A17
 _U3 = _U8 = _U16 = None
@@ -133,7 +133,7 @@ def decode(data: bytes, indexes: np.ndarray, tables: Tables) -> np.ndarray:
     except BitstreamError:
         raise
     except Exception as e:  # constriction reports malformed input as ValueError
-        raise BitstreamError(f"corrupt bitstream: entropy stream rejected ({str(e).splitlines()[0]})") from None
+        raise BitstreamError(f"corrupt bitstream: entropy stream rejected ({first_line(e)})") from None
     if end != END_MARKER:
         raise BitstreamError("corrupt bitstream: entropy stream ends early or does not match the model")
     if not empty:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from slim_rt.errors import ModelLoadError
+from slim_rt.errors import ModelLoadError, first_line
 
 REQUIRED = ("vae",)
 OPTIONAL = ("unet", "text_encoder", "tokenizer", "scheduler")
@@ -188,7 +188,7 @@ def load_base(source: str | Path, *, local_files_only: bool = False, device="cpu
                 return fn(root, subfolder=sub, **kw, **extra)
         except Exception as e:  # OSError, HF hub errors, bad configs
             where = "directory" if is_local else "hub id"
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             raise ModelLoadError(f"cannot load {what} of base {where} {src!r}: {reason}") from None
 
     if is_local and not _exists(local, "vae"):

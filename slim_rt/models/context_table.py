@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from slim_rt.errors import ModelLoadError
+from slim_rt.errors import ModelLoadError, first_line
 
 TABLE_FILE = "context_table.safetensors"
 CONFIG_FILE = "text_encoder_config.json"
@@ -100,7 +100,7 @@ def load_context_table(path: str | Path, dtype: torch.dtype = torch.float32) -> 
         config = json.loads((p / CONFIG_FILE).read_text())
         tokenizer = AutoTokenizer.from_pretrained(str(p / "tokenizer"))
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise ModelLoadError(f"cannot load context table {p}: {msg}") from None
     if t["ids"].ndim != 2 or t["states"].ndim != 3 or t["ids"].shape != t["states"].shape[:2]:
         raise ModelLoadError(f"{p}: context table shapes do not match")

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from slim_rt.config import CONFIG_NAME, SlimConfig
-from slim_rt.errors import ModelLoadError
+from slim_rt.errors import ModelLoadError, first_line
 from slim_rt.models.base import BaseModel, load_base
 from slim_rt.models.compressor import SlimCompressor
 
@@ -99,7 +99,7 @@ def load_config_and_compressors(root: Path) -> tuple[SlimConfig, list[SlimCompre
         try:
             comps.append(load_compressor(cfg.compressor, load_file(str(f))))
         except Exception as e:
-            raise ModelLoadError(f"{f}: cannot load compressor weights ({str(e).splitlines()[0]})") from None
+            raise ModelLoadError(f"{f}: cannot load compressor weights ({first_line(e)})") from None
     return cfg, comps
 
 
