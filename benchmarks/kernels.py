@@ -29,6 +29,7 @@ import torch
 if not torch.cuda.is_available():  # must precede the first triton import
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from slim_rt import kernels as K  # noqa: E402
 from slim_rt.kernels import reference as R  # noqa: E402
 from slim_rt.kernels import triton_ops as T  # noqa: E402
 
@@ -69,6 +70,10 @@ def ops(y, means, scales, h, weight, bias):
         "quantize_with_indexes": (lambda: T.quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS),
                                   lambda: R.quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS),
                                   q_bytes + idx_bytes),
+        # what the encoder runs: the dispatcher's "auto" (Triton quantizer + reference indexes) vs reference
+        "quantize_with_indexes_auto": (
+            lambda: K.quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS, impl="auto"),
+            lambda: R.quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS), q_bytes + idx_bytes),
         "gaussian_likelihood": (lambda: T.gaussian_likelihood(y, means, scales, LOWER_BOUND),
                                 lambda: R.gaussian_likelihood(y, means, scales, LOWER_BOUND), 4 * n * es),
         # fwd (3 reads, 1 write) + fused bwd (grad + 3 inputs read, grad_d + grad_s written) + -grad_d

@@ -279,7 +279,7 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     from slim_rt.training import PRESETS, with_overrides
-    from slim_rt.training.stages import run
+    from slim_rt.training.run import run
     if args.preset not in PRESETS:
         raise CliError(f"unknown preset {args.preset!r} (presets: {', '.join(PRESETS)})")
     cfg = with_overrides(PRESETS[args.preset], args.set or [])

@@ -13,7 +13,7 @@ from slim_rt.captions import FixedCaptioner
 from slim_rt.cli import main
 from slim_rt.config import SlimConfig
 from slim_rt.training import PRESETS, with_overrides
-from slim_rt.training.stages import assemble
+from slim_rt.training.run import assemble
 
 
 @pytest.fixture(scope="module")
