@@ -121,11 +121,6 @@ def _make_engine_pipeline(export_dir, backend, device, stages=None, overrides=No
 
 
 class Encoder:
-    def warmup(self, sizes: list[tuple[int, int]], batch_sizes: tuple[int, ...] = (1,), caption: str = "") -> None:
-        """Encode (and decode) random images at these sizes and batch sizes at this encoder's rate and
-        steps: compiles and captures the compiled backend's graphs ahead of real traffic."""
-        warmup(self.pipeline, sizes, batch_sizes, (self.rate,), self.steps, caption)
-
     def __init__(self, pipeline: Pipeline, rate: int = 0, captioner: Captioner | None = None,
                  steps: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         pipeline._check_rate(rate)
@@ -159,6 +154,11 @@ class Encoder:
         `overrides={"unet": "torch"|"ort"|"trt"}` or `stages={key: callable}`."""
         return cls(_make_engine_pipeline(export_dir, backend, device, stages, overrides, verify, providers),
                    rate, captioner, steps, max_pixels)
+
+    def warmup(self, sizes: list[tuple[int, int]], batch_sizes: tuple[int, ...] = (1,), caption: str = "") -> None:
+        """Encode (and decode) random images at these sizes and batch sizes at this encoder's rate and
+        steps: compiles and captures the compiled backend's graphs ahead of real traffic."""
+        warmup(self.pipeline, sizes, batch_sizes, (self.rate,), self.steps, caption)
 
     @property
     def model(self) -> SlimModel:
