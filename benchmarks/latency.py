@@ -193,6 +193,8 @@ def bench_grid(codecs: dict, sizes, batches, steps_list, repeats, warmup, stage_
                     st["stages_ms"] = _median_stages(case.stages[wh])
                     synced_sum = sum(st["stages_ms"].values())
                     st["synced_total_ms"] = round(synced_sum, 3)
+                    # CPU/GPU overlap won without per-stage syncs (~0 when every stage waits for the last)
+                    st["overlap_ms"] = round(synced_sum - st["median_ms"], 3)
                     if wh.startswith("decode"):
                         ent = st["stages_ms"].get("entropy_decode", 0.0)
                         st["entropy_share"] = round(ent / synced_sum, 4) if synced_sum else None
