@@ -98,18 +98,11 @@ def report(main: dict, teacher: dict | None, ablations: dict[str, dict]) -> tupl
 
 
 def plot(main: dict, teacher: dict | None, path) -> None:
-    """eval.py's top-1 vs bpp plot over the student's curves, the teacher's and the baselines."""
-    import importlib.util
-    import sys
-    name = "slim_rt_bench_eval"
-    ev = sys.modules.get(name)
-    if ev is None:  # benchmarks/ is a folder of scripts, not a package: load the sibling file
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("eval.py"))
-        ev = sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(ev)
+    """The eval's top-1 vs bpp plot over the student's curves, the teacher's and the baselines."""
+    from slim_rt.evaluation.report import plot as eval_plot
     label = f"slim teacher ({teacher['steps'][0]} steps, CFG {teacher.get('guidance', 1):g})" if teacher else ""
     extra = [dict(a, curve=label) for a in teacher["settings"]] if teacher else []
-    ev.plot(dict(main, settings=extra + main["settings"], name=f"{main['model']}: enhancement K vs teacher"), path)
+    eval_plot(dict(main, settings=extra + main["settings"], name=f"{main['model']}: enhancement K vs teacher"), path)
 
 
 def main(argv=None) -> int:

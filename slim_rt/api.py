@@ -26,6 +26,18 @@ DEFAULT_MODEL = "slim-tiny"
 DEFAULT_MAX_PIXELS = 2048 * 2048
 
 
+def default_model(note=None) -> str:
+    """The model used when none is named: slim-tiny when bundled, else the untrained tiny random model
+    (its folder path); `note(msg)` hears about the fallback."""
+    from slim_rt.models.slim import bundled_dir
+    if bundled_dir(DEFAULT_MODEL) is not None:
+        return DEFAULT_MODEL
+    from slim_rt.testing import tiny_random_cache_dir
+    if note is not None:
+        note(f"{DEFAULT_MODEL} is not bundled in this build; using the untrained tiny random model")
+    return str(tiny_random_cache_dir())
+
+
 def _budget_chunks(idx: list[int], w: int, h: int, max_pixels: int, who: str) -> list[list[int]]:
     """Same-size items -> batches of at most `max_pixels` pixels; one item over it is refused."""
     if w * h > max_pixels:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from slim_rt.errors import first_line
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".avif"}
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
                   ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -25,13 +24,8 @@ def _err(msg: str, code: int = 2) -> int:
 
 
 def _default_model() -> str:
-    from slim_rt.models.slim import bundled_dir
-    if bundled_dir("slim-tiny") is not None:
-        return "slim-tiny"
-    from slim_rt.testing import tiny_random_cache_dir
-    print("slim-rt: note: slim-tiny is not bundled in this build; using an untrained tiny random model",
-          file=sys.stderr)
-    return str(tiny_random_cache_dir())
+    from slim_rt.api import default_model
+    return default_model(lambda msg: print(f"slim-rt: note: {msg}", file=sys.stderr))
 
 
 def _model(args) -> str:
@@ -148,6 +142,7 @@ def _progress(items, enabled: bool):
 
 def cmd_compress(args) -> int:
     import slim_rt
+    from slim_rt.images import IMAGE_EXTS
     pairs = _pairs(Path(args.input), Path(args.output) if args.output else None, IMAGE_EXTS, ".slim")
     if len(pairs) == 1 and pairs[0][1].suffix.lower() != ".slim":
         raise CliError(f"cannot write {pairs[0][1]}: the output of compress must end in .slim")
@@ -318,14 +313,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import importlib.util
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.what}.py"
-    if not script.is_file():
-        raise CliError(f"bench needs a source checkout of slim-rt ({script} not found)")
-    spec = importlib.util.spec_from_file_location(f"slim_rt_bench_{args.what}", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main(args.rest)
+    if args.what == "latency":
+        from slim_rt.evaluation.latency import main
+    else:
+        from slim_rt.evaluation.serve_load import main
+    return main(args.rest)
 
 
 def _add_deploy_commands(sub) -> None:
@@ -345,7 +337,7 @@ def _add_deploy_commands(sub) -> None:
     p.add_argument("--trt", action="store_true", help="also build TensorRT engines (needs tensorrt + a GPU)")
     p.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
     p.set_defaults(fn=cmd_export)
-    p = sub.add_parser("bench", help="benchmarks (from a source checkout): bench latency [--help]")
+    p = sub.add_parser("bench", help="benchmarks: bench latency|serve [--help]")
     p.add_argument("what", choices=["latency", "serve"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
     p.set_defaults(fn=cmd_bench)
@@ -393,15 +385,8 @@ def _add_serve_command(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    import importlib.util
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "eval.py"
-    if not script.is_file():
-        raise CliError(f"eval needs a source checkout of slim-rt ({script} not found)")
-    spec = importlib.util.spec_from_file_location("slim_rt_bench_eval", script)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod.run_from_args(args)
+    from slim_rt.evaluation.runner import run_from_args
+    return run_from_args(args)
 
 
 def _common(p: argparse.ArgumentParser, enc: bool) -> None:
@@ -456,23 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset option")
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("eval", help="rate vs classifier accuracy: SLIM vs JPEG/WebP/AVIF (docs/eval.md)")
-    p.add_argument("--data", required=True, help="image folder with labels.csv")
-    p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
-    p.add_argument("--out-dir", help="results folder (default: benchmarks/results)")
-    p.add_argument("--limit", type=int, help="first N images only")
-    p.add_argument("--steps", nargs="+", help="enhancement steps K to decode with, e.g. 0 1 2 4 or 20 for a teacher "
-                                              "(default: the model's)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    p.add_argument("--codecs", default="slim,jpeg,webp,avif", help="comma list (default: slim,jpeg,webp,avif)")
-    p.add_argument("--caption-mode", default="auto", choices=["auto", "none", "label", "wrong"])
-    p.add_argument("--quality", action="append", metavar="CODEC=Q,Q", help="override a baseline's quality grid")
-    p.add_argument("--baseline-scales", nargs="+", default=["1"], help="also code baselines downscaled by s, e.g. 1 0.5")
-    p.add_argument("--batch", type=int, default=16, help="SLIM encode/decode batch (default 16)")
-    p.add_argument("--tag", help="suffix for the output file names")
-    p.add_argument("--baselines-from", help="reuse the JPEG/WebP/AVIF settings of an earlier eval JSON (same images)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared CPU)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance of the decoder, e.g. for a many-step teacher (default 1: none)")
+    from slim_rt.evaluation.options import add_arguments as add_eval_arguments
+    add_eval_arguments(p)
     p.set_defaults(fn=cmd_eval)
     _add_deploy_commands(sub)
     _add_serve_command(sub)

@@ -17,7 +17,8 @@ from torch import Tensor
 from slim_rt.errors import first_line
 
 MIN_SIDE = 64
-IMAGE_EXTS_LOWER = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".avif"}
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".avif"}  # lower case
+IMAGE_EXTS_LOWER = IMAGE_EXTS  # the older name
 from slim_rt.bitstream import MAX_PIXELS, MAX_SIDE  # noqa: E402  (one set of limits for both ends)
 
 

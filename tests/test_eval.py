@@ -1,8 +1,8 @@
-"""`slim-rt eval` (benchmarks/eval.py): bpp accounting, outputs, BD-rate."""
+"""`slim-rt eval` (slim_rt.evaluation): bpp accounting, outputs, BD-rate."""
 import csv
 import importlib.util
 import json
-import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ev():
-    spec = importlib.util.spec_from_file_location("slim_rt_bench_eval_test", ROOT / "benchmarks" / "eval.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from slim_rt.evaluation import baselines, metrics, protocol, runner
+    return types.SimpleNamespace(run_eval=runner.run_eval, avif_status=baselines.avif_status,
+                                 pil_encode=baselines.pil_encode, load_images=protocol.load_images,
+                                 center_crop_square=protocol.center_crop_square, EvalImage=protocol.EvalImage,
+                                 captions=protocol.captions, bd_rate=metrics.bd_rate)
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +93,12 @@ def test_protocol_crop(ev):
 def test_captions_modes(ev):
     ims = [ev.EvalImage("a", 0, "tench", None), ev.EvalImage("b", 999, "toilet tissue", None)]
     t = "a photo of a {}"
-    assert ev._captions("none", ims, t, None, None, []) == ["", ""]
-    assert ev._captions("label", ims, t, None, None, []) == ["a photo of a tench", "a photo of a toilet tissue"]
-    wrong = ev._captions("wrong", ims, t, None, None, [])
+    assert ev.captions("none", ims, t, None, None, []) == ["", ""]
+    assert ev.captions("label", ims, t, None, None, []) == ["a photo of a tench", "a photo of a toilet tissue"]
+    wrong = ev.captions("wrong", ims, t, None, None, [])
     assert all(w != r and w.startswith("a photo of a ") for w, r in zip(wrong, ["a photo of a tench",
                                                                                  "a photo of a toilet tissue"]))
-    assert ev._captions("auto", ims, t, [1, 2], None, [])[0] == "a photo of a goldfish"
+    assert ev.captions("auto", ims, t, [1, 2], None, [])[0] == "a photo of a goldfish"
 
 
 @pytest.mark.parametrize("method", ["pchip", "cubic"])
@@ -149,3 +149,45 @@ def test_teacher_eval_and_enhancement_report(ev, data_dir, tiny_dir, tmp_path):
     for r, v in s["rates"].items():
         assert v["teacher"] == t[int(r)]["top1"] and v["best_k"] in (1, 2)
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_and_bench_run_from_the_package(tmp_path):
+    """`slim-rt eval` and `slim-rt bench` come from slim_rt.evaluation: no file under benchmarks/ is
+    opened (an installed wheel has none) and no script is loaded as a module."""
+    import subprocess
+    import sys
+    code = f"""
+import sys
+bench = {str(ROOT / "benchmarks")!r}
+opened = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0].startswith(bench):
+        opened.append(args[0])
+sys.addaudithook(hook)
+from slim_rt.cli import main
+for argv in (["eval", "--help"], ["bench", "latency", "--help"], ["bench", "serve", "--help"]):
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert e.code == 0, (argv, e.code)
+import slim_rt.evaluation.latency, slim_rt.evaluation.runner, slim_rt.evaluation.serve_load
+assert not opened, opened
+assert not [m for m in sys.modules if m.startswith(("benchmarks", "slim_rt_bench"))]
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+    assert "usage: slim-rt bench latency" in r.stdout and "usage: slim-rt eval" in r.stdout
+
+
+def test_eval_script_is_the_package(data_dir, tiny_dir, tmp_path):
+    """benchmarks/eval.py keeps its options and result files: a baselines-only run through the script."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval.py"), "--data", str(data_dir), "--codecs",
+                        "jpeg,webp", "--quality", "jpeg=5,30", "--quality", "webp=5", "--out-dir", str(tmp_path),
+                        "--limit", "2", "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    js = json.loads((tmp_path / f"eval-baselines-{data_dir.name}-first2.json").read_text())
+    assert js["n_images"] == 2 and {a["curve"] for a in js["settings"]} == {"jpeg", "webp"}
+    assert "BD-rate" not in r.stdout and "| jpeg | q5 |" in r.stdout

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
-from slim_rt.images import IMAGE_EXTS_LOWER, open_image, to_tensor
+from slim_rt.images import IMAGE_EXTS, open_image, to_tensor
 
 
 def read_labels(folder: str | Path) -> dict[str, dict]:
@@ -24,7 +24,7 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"no such data folder: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS_LOWER)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not files:
         raise ValueError(f"no images in {folder}")
     return files

@@ -1,0 +1,258 @@
+"""Rate vs machine accuracy: SLIM against JPEG / WebP / AVIF on a labelled image folder.
+
+    slim-rt eval --data DIR [--model M] [--steps 0 1] [--codecs slim,jpeg,webp,avif] [--limit N]
+    from slim_rt.evaluation.runner import run_eval; run_eval("data/dev", model=..., classifier=Classifier(...))
+
+Protocol (docs/eval.md, slim_rt.evaluation.protocol): each image -> resize short side to 256 (bicubic,
+antialiased) -> center crop 256x256 -> 8-bit RGB: that crop is what every codec compresses. The
+classifier sees the decoded image through its own preprocessing (default EfficientNet-Lite0: resize
+256 = no-op, center crop 224, (x - 0.498) / 0.502). bpp = 8 * file bytes / (256 * 256), the whole file
+(SLIM: header + caption).
+
+Writes OUT_DIR/eval-<model>-<split>[-<tag>].csv (per image), .json (per setting + BD-rates), .md
+(table) and .png (top-1 vs bpp); OUT_DIR defaults to `slim_rt.evaluation.results_dir()`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from slim_rt.api import default_model
+from slim_rt.evaluation import results_dir
+from slim_rt.evaluation.baselines import (ENVELOPE, QUALITIES, avif_status, classical_settings, pil_decode,
+                                          pil_encode, reuse_baselines)
+from slim_rt.evaluation.metrics import aggregate, bd_table, freeze_classifier, score
+from slim_rt.evaluation.options import add_arguments, ints
+from slim_rt.evaluation.protocol import (CAPTION_MODES, SIZE, captions, labelled_files, load_images, quantize,
+                                         to_float)
+from slim_rt.evaluation.report import markdown, ref_scores_rows, write_results
+
+CODECS = ("slim", "jpeg", "webp", "avif")
+
+
+def _log(msg: str) -> None:
+    print(f"[eval] {msg}", file=sys.stderr, flush=True)
+
+
+def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = None,
+             steps: list[int] | None = None, device="cpu", codecs=CODECS, caption_mode: str = "auto",
+             classifier=None, captioner=None, qualities: dict | None = None, baseline_scales=(1.0,),
+             batch: int = 16, tag: str | None = None, bd_method: str = "pchip", write: bool = True,
+             threads: int | None = None, guidance: float = 1.0, baselines_from=None, log=_log) -> dict:
+    """Evaluate; returns the aggregated results dict (also written as JSON when write=True).
+
+    classifier: a `slim_rt.classifier.Classifier` (logits of [B,3,H,W] in [0,1], own preprocessing);
+    default EfficientNet-Lite0. captioner: the SLIM encoder's automatic captioner (caption_mode auto);
+    default: the default classifier's top-1 label through the model's caption template.
+    baseline_scales: also run each baseline on the crop downscaled by s (bicubic) and upscaled back,
+    e.g. (1.0, 0.5) -> curves jpeg and jpeg@0.5x; bpp stays per 256x256 pixel.
+    threads: torch CPU threads (None: leave as is; 1 is much faster on a busy shared CPU).
+    steps: the K to decode every bitstream with (a decoder override: up to MAX_DECODE_STEPS, e.g. a
+    many-step teacher); guidance: classifier-free guidance of the decoder (1 = none).
+    baselines_from: an earlier eval JSON on the same images whose classical settings are reused.
+    BD-rates are also reported against the classical envelope (every classical point pooled)."""
+    prev_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
+                         qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from, log)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
+              qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from, log) -> dict:
+    t_start = time.perf_counter()
+    codecs = [c.strip().lower() for c in (codecs.split(",") if isinstance(codecs, str) else codecs) if c.strip()]
+    bad = [c for c in codecs if c not in CODECS]
+    if bad:
+        raise ValueError(f"unknown codec(s) {bad}: choose from {', '.join(CODECS)}")
+    if caption_mode not in CAPTION_MODES:
+        raise ValueError(f"caption mode must be one of {CAPTION_MODES}, got {caption_mode!r}")
+    qualities = {**QUALITIES, **(qualities or {})}
+    skipped: dict[str, str] = {}
+    if "avif" in codecs:
+        ok, why = avif_status()
+        if not ok:
+            codecs.remove("avif")
+            skipped["avif"] = why
+            log(f"skipping avif: {why}")
+
+    images = load_images(data, limit, SIZE, log)
+    refs = [to_float(im.image) for im in images]
+    labels = [im.label for im in images]
+    N = len(images)
+    log(f"{N} images from {data}")
+
+    from slim_rt.classifier import Classifier
+    own_classifier = classifier is None
+    if own_classifier:
+        classifier = freeze_classifier(Classifier(device=device))
+    rows: list[dict] = []
+
+    def add(codec, curve, setting, datas, recs, enc_ms, dec_ms, quality=None, scale=1.0, rate=None, k=None,
+            caps=None, unet_ms=None):
+        t = time.perf_counter()
+        scores = score(classifier, recs, refs, labels)
+        new = []
+        for i, (im, d, s) in enumerate(zip(images, datas, scores)):
+            new.append({"file": im.file, "label": im.label, "codec": codec, "curve": curve, "setting": setting,
+                        "quality": quality, "scale": scale, "rate": rate, "steps": k,
+                        "caption": caps[i] if caps else None, "bytes": len(d), "bpp": 8 * len(d) / (SIZE * SIZE),
+                        **s, "enc_ms": enc_ms[i], "dec_ms": dec_ms[i],
+                        "unet_ms": unet_ms[i] if unet_ms else 0.0})
+        rows.extend(new)
+        a = aggregate(new)
+        log(f"{curve:>10} {setting:<8} bpp {a['bpp']:.4f}  top-1 {a['top1']:.3f}  top-5 {a['top5']:.3f}  "
+            f"PSNR {a['psnr']:.2f}  MS-SSIM {a['msssim']:.3f}  (scored in {time.perf_counter() - t:.1f} s)")
+
+    # reference: the uncompressed crops (the sanity check)
+    ref_scores = score(classifier, refs, refs, labels)
+    ref_preds = [s["pred"] for s in ref_scores]
+    reference = {"n": N, "top1": sum(s["top1"] for s in ref_scores) / N,
+                 "top5": sum(s["top5"] for s in ref_scores) / N, "bpp": 24.0}
+    log(f"uncompressed 256-crops: top-1 {reference['top1']:.4f}  top-5 {reference['top5']:.4f}")
+
+    # SLIM: one encode per rate; the K variants differ only in the header's steps field
+    model_name = None
+    if "slim" in codecs:
+        import slim_rt
+        from slim_rt.captions import FixedCaptioner
+        from slim_rt.pipeline import MAX_DECODE_STEPS
+        model = model or default_model(lambda m: log(f"note: {m}"))
+        t = time.perf_counter()
+        enc = slim_rt.Encoder.from_pretrained(model, rate=0, device=device, captioner=FixedCaptioner(""), steps=0)
+        dec = slim_rt.Decoder(enc.pipeline)
+        model_name = enc.model.config.name
+        ks = [enc.model.config.enhance.steps] if not steps else list(dict.fromkeys(int(k) for k in steps))
+        for k in ks:
+            enc.pipeline._check_steps(k, MAX_DECODE_STEPS)
+        g = float(guidance)
+        log(f"SLIM model {model_name} ({model}): {enc.model.num_rates} rates, steps {ks}, guidance {g:g}, "
+            f"loaded in {time.perf_counter() - t:.1f} s")
+        if caption_mode == "auto" and captioner is None and not own_classifier:
+            from slim_rt.captions import ClassifierCaptioner
+            captioner = ClassifierCaptioner(template=enc.model.config.caption_template, device=device)
+        caps = captions(caption_mode, images, enc.model.config.caption_template, ref_preds, captioner, refs)
+        dec.warmup((SIZE, SIZE), steps=0)
+        for r in range(enc.model.num_rates):
+            datas, enc_ms = [], []
+            for i in range(0, N, batch):
+                t = time.perf_counter()
+                datas += enc.encode_batch([im.image for im in images[i:i + batch]], caps[i:i + batch], rate=r)
+                n = len(images[i:i + batch])
+                enc_ms += [(time.perf_counter() - t) * 1e3 / n] * n
+            for k in ks:  # the same bitstreams, decoded with K steps (a decoder override)
+                recs, dec_ms, unet_ms = [], [], []
+                gk = g if k else 1.0
+                for i in range(0, N, batch):
+                    t = time.perf_counter()
+                    out = dec.decode_batch(datas[i:i + batch], steps=k, guidance=gk, output="tensor")
+                    dec_ms += [(time.perf_counter() - t) * 1e3 / len(out)] * len(out)
+                    unet_ms += [dec.timings.get("unet", 0.0) / len(out)] * len(out)
+                    recs += [quantize(x) for x in out]
+                curve = f"slim-k{k}" + (f"-g{gk:g}" if gk != 1.0 else "")
+                add("slim", curve, f"r{r}-k{k}", datas, recs, enc_ms, dec_ms, rate=r, k=k, caps=caps,
+                    unet_ms=unet_ms)
+        del enc, dec
+
+    # baselines through Pillow (or their settings reused from an earlier run on the same images)
+    reused: list[dict] = []
+    if baselines_from:
+        reused = reuse_baselines(baselines_from, images, data)
+        log(f"reusing {len(reused)} baseline settings from {baselines_from}")
+    for codec in (c for c in codecs if c != "slim" and not baselines_from):
+        for s in baseline_scales:
+            s = float(s)
+            small = int(round(SIZE * s))
+            curve = codec if s == 1.0 else f"{codec}@{s:g}x"
+            for q in qualities[codec]:
+                datas, recs, enc_ms, dec_ms = [], [], [], []
+                for im in images:
+                    t = time.perf_counter()
+                    src = im.image if s == 1.0 else im.image.resize((small, small), Image.BICUBIC, reducing_gap=None)
+                    d = pil_encode(src, codec, q)
+                    t1 = time.perf_counter()
+                    rec = pil_decode(d)
+                    if rec.size != (SIZE, SIZE):
+                        rec = rec.resize((SIZE, SIZE), Image.BICUBIC)
+                    t2 = time.perf_counter()
+                    datas.append(d)
+                    recs.append(to_float(rec))
+                    enc_ms.append((t1 - t) * 1e3)
+                    dec_ms.append((t2 - t1) * 1e3)
+                add(codec, curve, f"q{q}", datas, recs, enc_ms, dec_ms, quality=q, scale=s)
+
+    # aggregate
+    settings, seen = [], {}
+    for r in rows:
+        seen.setdefault((r["curve"], r["setting"]), []).append(r)
+    settings = [aggregate(v) for v in seen.values()] + reused
+    curves: dict[str, list[dict]] = {}
+    for a in settings:
+        curves.setdefault(a["curve"], []).append(a)
+    classical = classical_settings(curves)
+    if classical:  # the best of every classical codec and scale
+        curves[ENVELOPE] = classical
+    bd = bd_table(curves, bd_method)
+    split = Path(data).resolve().name
+    name = f"eval-{model_name or 'baselines'}-{split}"
+    if limit is not None and limit < len(labelled_files(data)):
+        name += f"-first{limit}"
+    tag = tag if tag is not None else (None if caption_mode == "auto" else f"cap-{caption_mode}")
+    if tag:
+        name += f"-{tag}"
+    result = {
+        "name": name, "data": str(data), "split": split, "n_images": N, "limit": limit,
+        "model": model_name, "model_path": str(model) if model_name else None, "caption_mode": caption_mode,
+        "steps": ks if "slim" in codecs else None, "guidance": guidance, "device": str(device), "size": SIZE,
+        "classifier": "EfficientNet-Lite0" if own_classifier else type(classifier).__name__,
+        "protocol": "resize short side 256 (bicubic, antialiased), center crop 256x256, 8-bit RGB -> codec; "
+                    "classifier: its own preprocessing on the decoded 256x256 image",
+        "reference": reference, "settings": settings, "bd_rate_method": bd_method,
+        "bd_rate_pct": bd, "skipped": skipped, "qualities": {c: qualities[c] for c in codecs if c != "slim"},
+        "baseline_scales": [float(s) for s in baseline_scales], "wall_s": round(time.perf_counter() - t_start, 1),
+        "baselines_from": str(baselines_from) if baselines_from else None,
+    }
+    if write:
+        paths = write_results(result, rows, ref_scores_rows(images, ref_scores), out_dir or results_dir())
+        result["files"] = {k: str(v) for k, v in paths.items()}
+        log("wrote " + ", ".join(str(p) for p in paths.values()))
+    log(f"done in {time.perf_counter() - t_start:.1f} s")
+    return result
+
+
+def run_from_args(args) -> int:
+    """`slim-rt eval` with the options of add_arguments."""
+    qualities = {}
+    for spec in args.quality or []:
+        codec, _, qs = spec.partition("=")
+        if codec not in QUALITIES or not qs:
+            raise ValueError(f"--quality wants CODEC=Q,Q,... with CODEC in {', '.join(QUALITIES)}, got {spec!r}")
+        qualities[codec] = ints([qs])
+    res = run_eval(args.data, model=args.model, out_dir=args.out_dir or results_dir(), limit=args.limit,
+                   steps=ints(args.steps), device=args.device, codecs=args.codecs, caption_mode=args.caption_mode,
+                   qualities=qualities, baseline_scales=[float(s) for s in args.baseline_scales],
+                   batch=args.batch, tag=args.tag, threads=getattr(args, "threads", None),
+                   guidance=getattr(args, "guidance", 1.0), baselines_from=getattr(args, "baselines_from", None))
+    print(markdown(res))
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "slim-rt eval") -> int:
+    """Parse `argv` (add_arguments) and run; a bad input is one line on stderr and exit code 2."""
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    try:
+        return run_from_args(args)
+    except (ValueError, OSError) as e:
+        from slim_rt.errors import first_line
+        print(f"{prog}: error: {first_line(e)}", file=sys.stderr)
+        return 2
