@@ -27,9 +27,11 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from slim_rt.backends import stage_networks
 from slim_rt.errors import SlimError, first_line
 from slim_rt.export.manifest import FORMAT, MANIFEST_NAME, sha256_file
 from slim_rt.export.specs import PRECISIONS, Geometry, Profile, StageSpec, specs_json, stage_specs
+from slim_rt.models.slim import hash_tensors
 
 TWO_GB = 2 * 1024**3
 # parity tolerance on max|ort - torch| / max|torch| (relative to the output's scale), per precision
@@ -42,53 +44,31 @@ class ExportError(SlimError, RuntimeError):
 
 # -- stage modules (positional tensors in STAGES order -> one tensor) ----------------------------
 class _Call(nn.Module):
-    """`fn` (a BaseModel stage method) as an exportable module owning `owner`'s weights, so the
-    ONNX graph computes exactly what the torch backend's stage computes."""
+    """`fn` (a stage's tensor function) as an exportable module owning `owner`'s weights (registered as
+    `name`, which prefixes the ONNX initializer names), so the ONNX graph computes exactly what the
+    torch backend's stage computes."""
 
-    def __init__(self, owner: nn.Module, fn):
+    def __init__(self, owner: nn.Module, fn, name: str = "owner"):
         super().__init__()
-        self.owner, self.fn = owner, fn
+        self.add_module(name, owner)
+        self.fn = fn
 
     def forward(self, *tensors):
         return self.fn(*tensors)
 
 
-class _Unet(nn.Module):
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, sample, timestep, context):
-        return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
-
-
 def stage_modules(model) -> dict[str, nn.Module]:
-    """Stage key -> nn.Module computing exactly what slim_rt.backends.torch_backend computes."""
+    """Stage key -> nn.Module computing exactly what the torch backend computes: the same functions
+    (slim_rt.backends.stage_networks), wrapped where they are not modules themselves."""
     base = model.base
-    mods: dict[str, nn.Module] = {
-        "vae_encoder": _Call(base.vae, base.encode_latent),
-        "vae_decoder": _Call(base.vae, base.decode_latent),
-    }
-    for i, c in enumerate(model.compressors):
-        mods[f"latent_analysis/r{i}"] = c.g_a
-        mods[f"hyper_analysis/r{i}"] = c.h_a
-        mods[f"hyper_synthesis/r{i}"] = c.h_s_mean
-        mods[f"latent_synthesis/r{i}"] = c.g_s
-    if base.unet is not None and base.text_encoder is not None:
-        mods["text_encoder"] = _Call(base.text_encoder, base.text_states)
-        mods["unet"] = _Unet(base.unet)
+    owners = {"vae_encoder": base.vae, "vae_decoder": base.vae, "text_encoder": base.text_encoder, "unet": base.unet}
+    mods: dict[str, nn.Module] = {}
+    for key, fn in stage_networks(model).items():  # compressor networks are modules already
+        mods[key] = fn if isinstance(fn, nn.Module) else _Call(owners[key], fn, "unet" if key == "unet" else "owner")
     return mods
 
 
 # -- hashing -----------------------------------------------------------------------------------
-def _hash_module(h, mod: nn.Module) -> None:
-    for k, v in sorted(mod.state_dict().items()):
-        v = v.detach().cpu().contiguous()
-        h.update(k.encode())
-        h.update(str(v.dtype).encode() + str(tuple(v.shape)).encode())
-        h.update((v.float() if v.dtype == torch.bfloat16 else v).numpy().tobytes())
-
-
 def content_hash(model, specs: dict[str, StageSpec], flags: dict) -> str:
     """SHA-256 over every exported weight, the stage specs and the export flags. Engines are keyed
     by it: a different hash means a different engine."""
@@ -98,9 +78,9 @@ def content_hash(model, specs: dict[str, StageSpec], flags: dict) -> str:
     h.update(specs_json(specs).encode())
     for m in (model.base.vae, model.base.text_encoder, model.base.unet):
         if m is not None:
-            _hash_module(h, m)
+            hash_tensors(h, m.state_dict())
     for c in model.compressors:
-        _hash_module(h, c)
+        hash_tensors(h, c.state_dict())
     return h.hexdigest()
 
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from slim_rt.backends import PER_RATE, STAGES
+from slim_rt.backends import PER_RATE, STAGES, stage_key
 
 SIZE_SYMS = ("batch", "height", "width")
 
@@ -231,19 +231,18 @@ def stage_specs(geom: Geometry, include_unet: bool = True) -> dict[str, StageSpe
         "vae_decoder": StageSpec("vae_decoder", (_t("latent", "float", B, fixed(C), *lat),),
                                  (_t("image", "float", B, fixed(3), *px),), "base"),
     }
+    per_rate = {  # per-rate stage -> (channels, spatial) of its input and of its output (names: STAGES)
+        "latent_analysis": ((C, lat), (M, y)),
+        "hyper_analysis": ((M, y), (N, z)),
+        "hyper_synthesis": ((N, z), (M, y)),
+        "latent_synthesis": ((M, y), (C, lat)),
+    }
     for r in range(geom.rates):
-        specs[f"latent_analysis/r{r}"] = StageSpec(
-            f"latent_analysis/r{r}", (_t("latent", "float32", B, fixed(C), *lat),),
-            (_t("y", "float32", B, fixed(M), *y),), "compressor")
-        specs[f"hyper_analysis/r{r}"] = StageSpec(
-            f"hyper_analysis/r{r}", (_t("y", "float32", B, fixed(M), *y),),
-            (_t("z", "float32", B, fixed(N), *z),), "compressor")
-        specs[f"hyper_synthesis/r{r}"] = StageSpec(
-            f"hyper_synthesis/r{r}", (_t("z_hat", "float32", B, fixed(N), *z),),
-            (_t("means", "float32", B, fixed(M), *y),), "compressor")
-        specs[f"latent_synthesis/r{r}"] = StageSpec(
-            f"latent_synthesis/r{r}", (_t("y_hat", "float32", B, fixed(M), *y),),
-            (_t("latent_hat", "float32", B, fixed(C), *lat),), "compressor")
+        for name in PER_RATE:
+            ((ci, si), (co, so)), ((i,), (o,)) = per_rate[name], STAGES[name]
+            key = stage_key(name, r)
+            specs[key] = StageSpec(key, (_t(i, "float32", B, fixed(ci), *si),),
+                                   (_t(o, "float32", B, fixed(co), *so),), "compressor")
     if include_unet and geom.text_len:
         T, D = fixed(geom.text_len), fixed(geom.text_dim)
         specs["text_encoder"] = StageSpec(

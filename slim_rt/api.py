@@ -94,7 +94,7 @@ def _make_engine_pipeline(export_dir, backend, device, stages=None, overrides=No
 
     overrides: {stage key: "ort" | "trt" | "torch"} ("torch" only for compressor stages: the export
     keeps their weights, not the base's); stages: {stage key: Stage} replaces stages outright."""
-    from slim_rt.backends import FnStage
+    from slim_rt.backends import COMPRESSOR_NETS, FnStage
     from slim_rt.export.manifest import load_exported_model, read_manifest
 
     if backend not in ENGINE_BACKENDS:
@@ -120,14 +120,12 @@ def _make_engine_pipeline(export_dir, backend, device, stages=None, overrides=No
     if trt_keys:
         from slim_rt.engines import trt_stages
         built.update(trt_stages(export_dir, manifest, device, trt_keys))
-    nets = {"latent_analysis": "g_a", "hyper_analysis": "h_a", "hyper_synthesis": "h_s_mean",
-            "latent_synthesis": "g_s"}
     for k in (k for k, b in wanted.items() if b == "torch"):
         name, _, r = k.partition("/r")
-        if name not in nets:
+        if name not in COMPRESSOR_NETS:
             raise ValueError(f"stage {k!r} cannot run on 'torch' from an export (no PyTorch base weights "
                              "in it): pass a callable with stages={...}")
-        built[k] = FnStage(k, getattr(model.compressors[int(r)], nets[name]))
+        built[k] = FnStage(k, getattr(model.compressors[int(r)], COMPRESSOR_NETS[name]))
     built.update(stages)
     return Pipeline(model, built, device, impl, torch.float32)
 

@@ -10,7 +10,7 @@ x_hat -> FewStepSampler.run (the "unet" stage: sample, timestep, context -> mode
 the "vae_decoder" stage (BaseModel.decode_latent) -> image [1,3,512,512].
 
 Variants `{eager,compiled}-{fp16,bf16,fp32}`:
-- eager: the torch backend's stages (FnStage over unet_call / BaseModel.decode_latent), no compile.
+- eager: the torch backend's stages (FnStage over slim_rt.backends.unet_call / BaseModel.decode_latent), no compile.
 - compiled: slim_rt.backends.compiled_backend.CompiledStage per stage (inductor "default" mode, one CUDA
   graph per static shape on a GPU, channels-last modules and inputs on a GPU); its first call compiles and
   captures (`compile_s`, timed apart from the runs).
@@ -183,7 +183,7 @@ def make_stages(kind: str, unet, vae, device: torch.device, compile_stages=STAGE
     """("unet", "vae_decoder") stages of the eager torch backend or the compiled backend (the latter for
     the stages in `compile_stages`, eager for the others)."""
     from slim_rt.backends import FnStage
-    from slim_rt.backends.torch_backend import unet_call
+    from slim_rt.backends import unet_call
     from slim_rt.models.base import BaseModel
     base = BaseModel(vae=vae, unet=unet, text_encoder=None, tokenizer=None, scheduler_config={}, source="sd15-random")
     fns = {"unet": (unet, unet_call(unet)), "vae_decoder": (vae, base.decode_latent)}

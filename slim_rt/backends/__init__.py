@@ -22,7 +22,11 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "unet": (("sample", "timestep", "context"), ("model_out",)),
     "vae_decoder": (("latent",), ("image",)),
 }
-PER_RATE = ("latent_analysis", "hyper_analysis", "hyper_synthesis", "latent_synthesis")
+# The per-rate stages and the network of a SlimCompressor each one runs: one table for every backend,
+# the exporter and the engines' torch fallback.
+COMPRESSOR_NETS = {"latent_analysis": "g_a", "hyper_analysis": "h_a", "hyper_synthesis": "h_s_mean",
+                   "latent_synthesis": "g_s"}
+PER_RATE = tuple(COMPRESSOR_NETS)
 
 
 class Stage(Protocol):
@@ -31,6 +35,29 @@ class Stage(Protocol):
 
 def stage_key(name: str, rate: int | None = None) -> str:
     return f"{name}/r{rate}" if name in PER_RATE else name
+
+
+def unet_call(unet) -> Callable[..., Tensor]:
+    """The UNet as the "unet" stage computes it: (sample, timestep, context) -> model output. The
+    torch backends run it and the ONNX export traces it, so the two agree by construction."""
+    def call(sample: Tensor, timestep: Tensor, context: Tensor) -> Tensor:
+        return unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
+    return call
+
+
+def stage_networks(model) -> dict[str, Callable[..., Tensor]]:
+    """Stage key -> the tensor function of a SlimModel's stage (positional inputs in `STAGES` order,
+    one tensor out): the base's VAE encoder/decoder, every rate's compressor networks
+    (COMPRESSOR_NETS; nn.Modules), and the text encoder and UNet when the base has them."""
+    base = model.base
+    nets: dict[str, Callable[..., Tensor]] = {"vae_encoder": base.encode_latent, "vae_decoder": base.decode_latent}
+    for i, comp in enumerate(model.compressors):
+        for name, attr in COMPRESSOR_NETS.items():
+            nets[stage_key(name, i)] = getattr(comp, attr)
+    if base.unet is not None and base.text_encoder is not None:
+        nets["text_encoder"] = base.text_states
+        nets["unet"] = unet_call(base.unet)
+    return nets
 
 
 class FnStage:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from slim_rt.errors import first_line
-from slim_rt.backends import STAGES, Stage
+from slim_rt.backends import STAGES, FnStage, Stage, stage_networks
 from slim_rt.models.slim import SlimModel
 
 
@@ -136,22 +136,12 @@ def compiled_stages(model: SlimModel, device: torch.device | str, opts: CompileO
                 m.to(memory_format=torch.channels_last)
     lock = threading.RLock()
     pool = torch.cuda.graph_pool_handle() if device.type == "cuda" and opts.cuda_graphs else None
-    make = lambda name, fn: CompiledStage(name, fn, device, opts, lock, pool)  # noqa: E731
-    stages: dict[str, Stage] = {
-        "vae_encoder": make("vae_encoder", base.encode_latent),
-        "vae_decoder": make("vae_decoder", base.decode_latent),
-    }
-    for i, comp in enumerate(model.compressors):
-        stages[f"latent_analysis/r{i}"] = make(f"latent_analysis/r{i}", comp.g_a)
-        stages[f"hyper_analysis/r{i}"] = make(f"hyper_analysis/r{i}", comp.h_a)
-        stages[f"hyper_synthesis/r{i}"] = make(f"hyper_synthesis/r{i}", comp.h_s_mean)
-        stages[f"latent_synthesis/r{i}"] = make(f"latent_synthesis/r{i}", comp.g_s)
-    if base.unet is not None and base.text_encoder is not None:
-        from slim_rt.backends import FnStage
-        from slim_rt.backends.torch_backend import unet_call
-
-        stages["text_encoder"] = FnStage("text_encoder", base.text_states)  # once per caption, cached
-        stages["unet"] = make("unet", unet_call(base.unet))
+    stages: dict[str, Stage] = {}
+    for key, fn in stage_networks(model).items():
+        if key == "text_encoder":  # once per caption, cached
+            stages[key] = FnStage(key, fn)
+        else:
+            stages[key] = CompiledStage(key, fn, device, opts, lock, pool)
     return stages
 
 

@@ -66,6 +66,17 @@ def load_compressor(cfg, state: dict[str, torch.Tensor]) -> SlimCompressor:
     return comp.eval().requires_grad_(False)
 
 
+def hash_tensors(h, tensors: dict[str, torch.Tensor]) -> None:
+    """Feed a state dict into the hash `h` (hashlib): per tensor in key order its name, dtype, shape and
+    bytes (bf16 as float32). The one tensor hashing of the model fingerprint and the export's content hash."""
+    for k, v in sorted(tensors.items()):
+        v = v.detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(v.dtype).encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update((v.float() if v.dtype == torch.bfloat16 else v).numpy().tobytes())
+
+
 def fingerprint(cfg: SlimConfig, compressors: list[SlimCompressor], base_configs: dict) -> str:
     """SHA-256 (hex) over the config, every compressor tensor (weights, integer scale network and
     entropy tables) and the base's component configs. The bitstream carries its first 4 bytes."""
@@ -73,11 +84,7 @@ def fingerprint(cfg: SlimConfig, compressors: list[SlimCompressor], base_configs
     h.update(cfg.to_json().encode())
     h.update(json.dumps(base_configs, sort_keys=True, default=str).encode())
     for comp in compressors:
-        for k, v in sorted(compressor_state(comp).items()):
-            h.update(k.encode())
-            h.update(str(v.dtype).encode())
-            h.update(str(tuple(v.shape)).encode())
-            h.update(v.numpy().tobytes() if v.dtype != torch.bfloat16 else v.float().numpy().tobytes())
+        hash_tensors(h, comp.state_dict())
     return h.hexdigest()
 
 
