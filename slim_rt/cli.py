@@ -384,6 +384,22 @@ def _add_serve_command(sub) -> None:
     p.set_defaults(fn=cmd_serve)
 
 
+def cmd_bulk(args) -> int:
+    """`slim-rt bulk compress|decompress IN OUT` (issue 14) on Ray Data: slim_rt.bulk."""
+    from slim_rt import bulk
+    model = args.model or (None if args.backend in ("ort", "trt") else _default_model())
+    try:
+        s = bulk.run(bulk.config_from_args(args, model))
+    except bulk.JobStopped as e:
+        return _err(str(e), 1)
+    except bulk.BulkError as e:
+        raise CliError(str(e)) from None
+    print(s.line(args.mode))
+    for line in s.errors:
+        print(f"slim-rt: failed: {line}", file=sys.stderr)
+    return 1 if s.failed else 0
+
+
 def cmd_eval(args) -> int:
     from slim_rt.evaluation.runner import run_from_args
     return run_from_args(args)
@@ -446,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_eval)
     _add_deploy_commands(sub)
     _add_serve_command(sub)
+    p = sub.add_parser("bulk", help="code whole folders or buckets on Ray Data (local or --address cluster)")
+    from slim_rt.bulk import add_arguments as add_bulk_arguments
+    add_bulk_arguments(p)
+    p.set_defaults(fn=cmd_bulk)
     return ap
 
 
