@@ -157,6 +157,49 @@ def autoencoder_class(kind: str):
     return classes[kind]
 
 
+def save_base(base: BaseModel, dest: str | Path, unet_dtype: torch.dtype | None = None) -> Path:
+    """Write `base` as a diffusers-layout folder that load_base reads back. Frozen components stored
+    in a local source folder (vae/, scheduler/, text_encoder/, tokenizer/, text_encoder.json) are
+    copied as stored (their dtype and any LICENSE notice kept); the UNet, which training changes, is
+    written from memory with `save_pretrained` (in `unet_dtype` if given; the model is not changed),
+    and so is any component the source folder lacks."""
+    import copy
+    import shutil
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    src = Path(base.source)
+    stored = src.is_dir()
+
+    def copied(item: str) -> bool:
+        s = src / item
+        if not stored or not s.exists():
+            return False
+        if s.resolve() != (dest / item).resolve():
+            if s.is_dir():
+                shutil.copytree(s, dest / item, dirs_exist_ok=True)
+            else:
+                shutil.copy(s, dest / item)
+        return True
+
+    if not copied("vae"):
+        base.vae.save_pretrained(dest / "vae")
+    if not copied("scheduler") and base.scheduler_config:
+        (dest / "scheduler").mkdir(exist_ok=True)
+        (dest / "scheduler" / "scheduler_config.json").write_text(json.dumps(base.scheduler_config, indent=2))
+    if base.unet is None:
+        return dest
+    unet = base.unet
+    if unet_dtype is not None and next(unet.parameters()).dtype != unet_dtype:
+        unet = copy.deepcopy(unet).to(unet_dtype)
+    unet.save_pretrained(dest / "unet")
+    text = [copied(item) for item in ("text_encoder", "tokenizer", TEXT_ENCODER_REF)]
+    if not any(text) and base.text_encoder is not None:
+        base.text_encoder.save_pretrained(dest / "text_encoder")
+        base.tokenizer.save_pretrained(dest / "tokenizer")
+    return dest
+
+
 def autoencoder_kind(base_dir: str | Path) -> str:
     """The autoencoder kind of a local base directory, read from vae/config.json ("kl" if unsure)."""
     f = Path(base_dir) / "vae" / "config.json"

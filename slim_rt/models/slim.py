@@ -4,6 +4,7 @@ Directory layout (a "SLIM model directory"):
     slim_config.json              SlimConfig (format "slim-rt/1")
     compressor/rate{i}.safetensors  one SlimCompressor per rate point, lowest bitrate first
     vae/ unet/ text_encoder/ tokenizer/ scheduler/   the diffusers base, when config.base == "."
+SlimModel.save_pretrained writes one; from_pretrained reads it.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from slim_rt.config import CONFIG_NAME, SlimConfig
 from slim_rt.errors import ModelLoadError, first_line
-from slim_rt.models.base import BaseModel, load_base
+from slim_rt.models.base import BaseModel, load_base, save_base
 from slim_rt.models.compressor import SlimCompressor
 
 BUNDLED = ("slim-tiny",)
@@ -149,6 +150,19 @@ class SlimModel:
             c.to(device)
         fp = fingerprint(cfg, comps, base_model.configs())
         return cls(cfg, base_model, comps, root, fp)
+
+    def save_pretrained(self, save_dir: str | Path, *, config: SlimConfig | None = None, base_dir: str = ".",
+                        unet_dtype: torch.dtype | None = None) -> Path:
+        """Write this model as a SLIM model directory (the inverse of from_pretrained): the base in
+        `save_dir/base_dir` (models.base.save_base: frozen parts copied as stored, the UNet from memory,
+        in `unet_dtype` if given), the compressors, and `config` (default: this model's) with its
+        `base` set to `base_dir`. Returns the directory."""
+        import dataclasses
+        d = Path(save_dir)
+        save_base(self.base, d / base_dir, unet_dtype)
+        self.save_compressors(d, dataclasses.replace(config or self.config, base=base_dir, rates=()),
+                              self.compressors)
+        return d
 
     @staticmethod
     def save_compressors(model_dir: str | Path, cfg: SlimConfig, compressors: list[SlimCompressor]) -> SlimConfig:

