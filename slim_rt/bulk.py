@@ -92,7 +92,8 @@ class Summary:
     bytes: int = 0                   # .slim bytes of the ok inputs
     mean_bpp: float = 0.0
     seconds: float = 0.0             # this run's job time (Ray start, model loads and coding)
-    first_result_s: float | None = None
+    first_result_s: float | None = None   # when the first records reached the driver (job start = 0)
+    first_n: int = 0                      # how many came with them
     last_result_s: float | None = None
     manifest: str = ""
     errors: list[str] = field(default_factory=list)   # a few "source: error" lines
@@ -270,9 +271,7 @@ def plan(cfg: BulkConfig, in_fs, in_root: str, out_fs, out_root: str):
     inputs = _list(in_fs, in_root)
     if not inputs and not _exists(in_fs, in_root):
         raise BulkError(f"no such folder: {cfg.input}")
-    same = in_fs.type_name == out_fs.type_name and in_root == out_root
-    rels = sorted(r for r in inputs if posixpath.splitext(r)[1].lower() in exts and not _hidden(r)
-                  and not (same and r == MANIFEST))
+    rels = sorted(r for r in inputs if posixpath.splitext(r)[1].lower() in exts and not _hidden(r))
     if not rels:
         raise BulkError(f"no input files ({', '.join(sorted(exts))}) in {cfg.input}")
     outputs = _list(out_fs, out_root)
@@ -620,7 +619,8 @@ def run(cfg: BulkConfig, say=None) -> Summary:
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 recs = batch.to_pylist()
                 now = time.perf_counter() - t0
-                s.first_result_s = now if s.first_result_s is None else s.first_result_s
+                if s.first_result_s is None:
+                    s.first_result_s, s.first_n = now, len(recs)
                 s.last_result_s = now
                 for r in recs:
                     s.coded += r["status"] == "coded"
@@ -685,8 +685,8 @@ def add_arguments(p) -> None:
         q.add_argument("--batch-size", type=int, default=8, help="images per batch call of a worker (default 8)")
         q.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (torch threads) per actor (default 1)")
         q.add_argument("--gpus-per-worker", type=float, default=1.0, help="GPUs per actor with cuda (default 1)")
-        q.add_argument("--address", help="Ray cluster address (ray://host:10001, host:6379 or auto); "
-                                         "default: a local Ray on this machine")
+        q.add_argument("--address", help="Ray cluster to run on (HEAD:6379 as `ray start --head` "
+                                         "prints, or auto on a cluster node); default: a local Ray")
         q.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
         q.add_argument("--retries", type=int, default=2,
                        help="retries of a failed item (I/O, out of memory) and restarts of a dead worker (default 2)")
