@@ -35,9 +35,9 @@ import sys
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from slim_rt.api import DEFAULT_MAX_PIXELS, ENGINE_BACKENDS
+from slim_rt.api import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, ENGINE_BACKENDS
 from slim_rt.errors import first_line as _line
 from slim_rt.images import IMAGE_EXTS
 
@@ -330,7 +330,7 @@ class _Worker:
                 raise ValueError(f"backend {cfg.backend!r} needs an exported directory (--export-dir)")
             dec = slim_rt.Decoder.from_engines(cfg.export_dir, cfg.backend, device=device, max_pixels=cfg.max_pixels)
         else:
-            dec = slim_rt.Decoder.from_pretrained(cfg.model or slim_rt.api.DEFAULT_MODEL, device=device,
+            dec = slim_rt.Decoder.from_pretrained(cfg.model or DEFAULT_MODEL, device=device,
                                                   backend=cfg.backend, max_pixels=cfg.max_pixels)
         self.dec = dec
         self.enc = slim_rt.Encoder(dec.pipeline, rate=cfg.rate, steps=cfg.steps, max_pixels=cfg.max_pixels) \
@@ -549,6 +549,31 @@ def _ray_init(cfg: BulkConfig):
     return ray, True
 
 
+def _check_model(cfg: BulkConfig) -> BulkConfig:
+    """Fail before Ray starts when the model (or export) is not here; local paths become absolute, so
+    workers find them whatever their working folder (on a cluster: the same path on every node)."""
+    from slim_rt.errors import ModelLoadError
+    from slim_rt.models.slim import BUNDLED
+    from slim_rt.models.slim import resolve as resolve_model
+    if cfg.backend in ENGINE_BACKENDS:
+        if not cfg.export_dir or not os.path.isdir(cfg.export_dir):
+            raise BulkError(f"backend {cfg.backend!r} needs an exported directory: --export-dir "
+                            f"{cfg.export_dir or '(missing)'} is not a folder")
+        return replace(cfg, export_dir=os.path.abspath(cfg.export_dir))
+    model = cfg.model or DEFAULT_MODEL
+    try:
+        path = resolve_model(model)
+    except ModelLoadError as e:
+        raise BulkError(str(e)) from None
+    return cfg if model in BUNDLED else replace(cfg, model=str(path.resolve()))
+
+
+def _stop_reason(e: BaseException) -> str:
+    """The user's error inside Ray's wrapping (an actor's failed __init__, a task's exception)."""
+    found = re.findall(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$", str(e), re.M)
+    return f"{found[-1][0]}: {found[-1][1].strip()}" if found else _line(e)
+
+
 def _resources(ray, cfg: BulkConfig) -> tuple[str, int, dict]:
     """-> (device for the actors, actor count, ray resources per actor)."""
     res = ray.cluster_resources()
@@ -560,10 +585,16 @@ def _resources(ray, cfg: BulkConfig) -> tuple[str, int, dict]:
         if gpus <= 0:
             raise BulkError("--device cuda: the Ray cluster has no GPU")
         workers = cfg.workers or max(1, int(gpus // cfg.gpus_per_worker))
+        if workers * cfg.gpus_per_worker > gpus and not cfg.address:
+            raise BulkError(f"{workers} workers x {cfg.gpus_per_worker:g} GPUs need more than the {gpus:g} GPUs "
+                            "of this Ray (lower --workers or --gpus-per-worker)")
         return "cuda", workers, {"num_gpus": cfg.gpus_per_worker, "num_cpus": cfg.cpus_per_worker}
     if device != "cpu":
         raise BulkError(f"unknown --device {device!r} (auto, cpu or cuda)")
     workers = cfg.workers or max(1, int(cpus // cfg.cpus_per_worker))
+    if workers * cfg.cpus_per_worker > cpus and not cfg.address:  # a cluster may scale up; a local Ray never
+        raise BulkError(f"{workers} workers x {cfg.cpus_per_worker:g} CPUs need more than the {cpus:g} CPUs "
+                        "of this Ray (lower --workers or --cpus-per-worker)")
     return "cpu", workers, {"num_cpus": cfg.cpus_per_worker}
 
 
@@ -575,6 +606,7 @@ def run(cfg: BulkConfig, say=None) -> Summary:
     if cfg.batch_size < 1 or cfg.retries < 0 or (cfg.workers is not None and cfg.workers < 1):
         raise BulkError("--batch-size and --workers must be at least 1, --retries at least 0")
     _require()
+    cfg = _check_model(cfg)
     in_fs, in_root = resolve(cfg.input)
     out_fs, out_root = resolve(cfg.output)
     try:
@@ -598,7 +630,7 @@ def run(cfg: BulkConfig, say=None) -> Summary:
             ctx.enable_progress_bars = False  # ours counts what reached the manifest
             logging.getLogger("ray.data").setLevel(logging.WARNING)
             logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
-            ctx.max_consecutive_actor_init_deaths = 2
+            ctx.max_consecutive_actor_init_deaths = cfg.retries
             crash = None
             if os.environ.get(CRASH_AFTER_ENV):
                 crash = (int(os.environ[CRASH_AFTER_ENV]), os.environ.get(CRASH_ONCE_ENV) or None)
@@ -622,9 +654,7 @@ def run(cfg: BulkConfig, say=None) -> Summary:
                 if s.first_result_s is None:
                     s.first_result_s, s.first_n = now, len(recs)
                 s.last_result_s = now
-                for r in recs:
-                    s.coded += r["status"] == "coded"
-                    s.kept += r["status"] == "kept"
+                s.coded += sum(r["status"] == "coded" for r in recs)
                 writer.add(recs)
                 if bar is not None:
                     bar.update(len(recs))
@@ -643,7 +673,7 @@ def run(cfg: BulkConfig, say=None) -> Summary:
         recs = writer.close()
     _tally(s, rels, recs)
     if stopped is not None:
-        raise JobStopped(f"the job stopped ({_line(stopped)}); {s.ok + s.failed} of {s.inputs} inputs are "
+        raise JobStopped(f"the job stopped ({_stop_reason(stopped)}); {s.ok + s.failed} of {s.inputs} inputs are "
                          f"recorded in {s.manifest}: run the same command again to resume (outputs written "
                          "meanwhile are checked and kept)")
     return s
