@@ -68,6 +68,8 @@ def labelled_files(data) -> list[str]:
 
 def captions(mode: str, images: list[EvalImage], template: str, ref_preds: list[int] | None, captioner,
               refs: list[torch.Tensor]) -> list[str]:
+    """One caption per image for a caption mode (CAPTION_MODES) through the model's template; auto uses
+    `captioner` on the crops, or without one the default classifier's top-1 on them (`ref_preds`)."""
     from slim_rt.classifier import imagenet_classes
     classes = imagenet_classes()
     if mode == "none":
