@@ -36,6 +36,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from slim_rt.api import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, ENGINE_BACKENDS
 from slim_rt.errors import first_line as _line
@@ -79,6 +80,8 @@ class BulkConfig:
     overwrite: bool = False          # redo everything, replacing outputs
     retry_failed: bool = False       # also redo inputs recorded as bad
     flush_seconds: float = 5.0       # how often records are saved to the manifest during the run
+    png_stage: bool | None = None    # decompress: PNG encoding + writes as CPU tasks after the actors
+                                     # (None: with GPU actors, whose CPU would otherwise bound throughput)
     progress: bool = True
 
 
@@ -93,7 +96,6 @@ class Summary:
     mean_bpp: float = 0.0
     seconds: float = 0.0             # this run's job time (Ray start, model loads and coding)
     first_result_s: float | None = None   # when the first records reached the driver (job start = 0)
-    first_n: int = 0                      # how many came with them
     last_result_s: float | None = None
     manifest: str = ""
     errors: list[str] = field(default_factory=list)   # a few "source: error" lines
@@ -305,7 +307,8 @@ def _record(cfg, rel, orel, in_root, out_root, error=None, **kw) -> dict:
     r = {"rel": rel, "source": posixpath.join(src, rel), "output": posixpath.join(out, orel),
          "out_rel": orel, "bytes": None, "output_bytes": None, "bpp": None, "rate": None, "caption": None,
          "width": None, "height": None, "status": "failed" if error else "coded", "error": None,
-         "permanent": None, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+         "permanent": None,
+         "time": datetime.now().astimezone().isoformat(timespec="milliseconds")}
     if error:
         r["error"], r["permanent"], r["output"] = error[0], error[1], None
     r.update(kw)
@@ -313,6 +316,25 @@ def _record(cfg, rel, orel, in_root, out_root, error=None, **kw) -> dict:
 
 
 # -- workers --------------------------------------------------------------------------------------
+def _retry(fn, retries: int):
+    """fn() with `retries` more tries on anything but a ValueError (bad input: permanent)."""
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except ValueError:
+            raise
+        except Exception:  # noqa: BLE001
+            if attempt == retries:
+                raise
+            time.sleep(0.1 * 2 ** attempt)
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 class _Worker:
     """One Encoder or Decoder per actor; a batch of {path, bytes} rows -> one record per row."""
 
@@ -354,16 +376,7 @@ class _Worker:
         return _record(self.cfg, rel, self._dst(rel)[0], self.in_root, self.out_root, error=err)
 
     def _retry(self, fn):
-        """fn() with `retries` more tries on anything but a ValueError (bad input: permanent)."""
-        for attempt in range(self.cfg.retries + 1):
-            try:
-                return fn()
-            except ValueError:
-                raise
-            except Exception:  # noqa: BLE001
-                if attempt == self.cfg.retries:
-                    raise
-                time.sleep(0.1 * 2 ** attempt)
+        return _retry(fn, self.cfg.retries)
 
     def _each(self, fn, items: list) -> list:
         """fn(items) -> list of results; if the batched call fails, each item alone (with retries):
@@ -500,16 +513,41 @@ class _Worker:
             if isinstance(res, Exception):
                 recs[i] = self._fail(rel, res)
                 continue
+            if self.cfg.png_stage:  # PNG encoding and the write: CPU tasks after this stage
+                recs[i] = self._slim_record(rel, data, h, status="decoded", pixels=res.tobytes())
+                continue
             try:
-                buf = io.BytesIO()
-                res.save(buf, format="PNG")
-                png = buf.getvalue()
+                png = _png(res)
                 ok = self._retry(lambda: write_atomic(self.fs, self._dst(rel)[1], png, self.cfg.overwrite))
                 recs[i] = self._slim_record(rel, data, h, output_bytes=len(png))
                 self._written(rel, ok)
             except Exception as e:  # noqa: BLE001
                 recs[i] = self._fail(rel, (_line(e), False))
-        return [recs[i] for i in range(len(rows))]
+        out = [recs[i] for i in range(len(rows))]
+        if self.cfg.png_stage:
+            for r in out:
+                r.setdefault("pixels", None)
+        return out
+
+
+def _write_pngs(batch, cfg: BulkConfig, out_fs, out_root: str):
+    """The PNG stage (CPU tasks) of decompression on GPU actors: decoded pixels -> PNG file, record."""
+    import pyarrow as pa
+    from PIL import Image
+    recs = batch.to_pylist()
+    for r in recs:
+        px = r.pop("pixels", None)
+        if r["status"] != "decoded":
+            continue
+        try:
+            png = _png(Image.frombytes("RGB", (r["width"], r["height"]), px))
+            if not _retry(lambda: write_atomic(out_fs, posixpath.join(out_root, r["out_rel"]), png, cfg.overwrite),
+                          cfg.retries):
+                raise FileExistsError(f"{posixpath.join(out_root, r['out_rel'])} appeared while it was being written")
+            r["status"], r["output_bytes"] = "coded", len(png)
+        except Exception as e:  # noqa: BLE001
+            r.update(status="failed", error=_line(e), permanent=False, output=None)
+    return pa.Table.from_pylist(recs)
 
 
 def _claim(path: str) -> bool:
@@ -626,6 +664,8 @@ def run(cfg: BulkConfig, say=None) -> Summary:
         bar = None
         try:
             device, workers, per_actor = _resources(ray, cfg)
+            if cfg.png_stage is None:
+                cfg = replace(cfg, png_stage=cfg.mode == "decompress" and device == "cuda")
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False  # ours counts what reached the manifest
             logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -635,7 +675,7 @@ def run(cfg: BulkConfig, say=None) -> Summary:
             if os.environ.get(CRASH_AFTER_ENV):
                 crash = (int(os.environ[CRASH_AFTER_ENV]), os.environ.get(CRASH_ONCE_ENV) or None)
             ds = ray.data.read_binary_files([posixpath.join(in_root, r) for r in todo], include_paths=True,
-                                            filesystem=in_fs, num_cpus=0)
+                                            filesystem=in_fs, num_cpus=0, concurrency=max(2, workers))
             with warnings.catch_warnings():  # bounded restarts have no named parameter yet (ray < 2.64)
                 warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated")
                 ds = ds.map_batches(_Worker, batch_size=cfg.batch_size, batch_format="numpy",
@@ -643,6 +683,10 @@ def run(cfg: BulkConfig, say=None) -> Summary:
                                     fn_constructor_kwargs=dict(cfg=cfg, device=device, in_root=in_root,
                                                                out_fs=out_fs, out_root=out_root, crash=crash),
                                     max_restarts=cfg.retries, max_task_retries=cfg.retries, **per_actor)
+                if cfg.png_stage and cfg.mode == "decompress":
+                    ds = ds.map_batches(_write_pngs, batch_size=cfg.batch_size, batch_format="pyarrow",
+                                        fn_kwargs=dict(cfg=cfg, out_fs=out_fs, out_root=out_root),
+                                        num_cpus=1, max_retries=cfg.retries)
             say(f"slim-rt: bulk {cfg.mode}: {len(todo)} files on {workers} {device} worker(s)"
                 + (f" at {cfg.address}" if cfg.address else ""))
             if cfg.progress:
@@ -652,7 +696,7 @@ def run(cfg: BulkConfig, say=None) -> Summary:
                 recs = batch.to_pylist()
                 now = time.perf_counter() - t0
                 if s.first_result_s is None:
-                    s.first_result_s, s.first_n = now, len(recs)
+                    s.first_result_s = now
                 s.last_result_s = now
                 s.coded += sum(r["status"] == "coded" for r in recs)
                 writer.add(recs)

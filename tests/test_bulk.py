@@ -1,7 +1,6 @@
 """`slim-rt bulk` on Ray Data (slim_rt.bulk): a local Ray with 2 CPUs, the tiny random model, a small
 folder with two bad files; a worker killed midway, then the job resumed."""
 import json
-import os
 import subprocess
 import sys
 
@@ -101,7 +100,7 @@ def test_compress_then_decompress(ray_local, tiny_dir, folder, tmp_path):
 
     (out / "sub" / "junk.slim").write_bytes(b"SLIM" + b"\x00" * 40)  # a bad .slim among the inputs
     png = tmp_path / "png"
-    d = bulk.run(_cfg("decompress", out, png, tiny_dir, batch_size=3))
+    d = bulk.run(_cfg("decompress", out, png, tiny_dir, batch_size=3, png_stage=True))  # as with GPU actors
     assert (d.inputs, d.ok, d.failed) == (7, 6, 1)
     drecs = _manifest(png)
     assert drecs["sub/junk.slim"]["error"] and drecs["sub/junk.slim"]["permanent"]
@@ -146,15 +145,25 @@ def test_killed_worker_then_resume(ray_local, tiny_dir, folder, tmp_path, monkey
         assert recs[rel.replace(".slim", ".png")]["error"] is None
 
 
-def test_foreign_output_is_kept_and_recorded(ray_local, tiny_dir, folder, tmp_path):
-    out = tmp_path / "slim"
+def test_foreign_outputs_are_kept_and_recorded(ray_local, tiny_dir, folder, tmp_path):
+    out, png = tmp_path / "slim", tmp_path / "png"
     (out / "sub").mkdir(parents=True)
     (out / "sub" / "b1.slim").write_bytes(b"someone else's file")
+    png.mkdir()
+    Image.new("RGB", (64, 64)).save(png / "a0.png")  # a PNG of another size than a0.slim declares
     s = bulk.run(_cfg("compress", folder, out, tiny_dir))
     assert (s.ok, s.failed) == (5, 3)
     assert (out / "sub" / "b1.slim").read_bytes() == b"someone else's file"
     err = _manifest(out)["sub/b1.png"]["error"]
     assert "exists and is not a valid output" in err and "--overwrite" in err
+    before = (png / "a0.png").read_bytes()
+    d = bulk.run(_cfg("decompress", out, png, tiny_dir, batch_size=4))  # PNGs written by the actors
+    assert (d.inputs, d.ok, d.failed, d.coded) == (6, 4, 2, 4)  # a0: foreign PNG; sub/b1.slim: not a .slim
+    assert (png / "a0.png").read_bytes() == before
+    recs = _manifest(png)
+    assert "64x64, not 96x64" in recs["a0.slim"]["error"] and recs["sub/b1.slim"]["permanent"]
+    for rel in ("a1.png", "sub/b0.png", "sub/b2.png", "c.png"):
+        assert Image.open(png / rel).size == Image.open(folder / rel).size
 
 
 def test_cli_on_a_running_cluster(ray_local, tiny_dir, folder, tmp_path):
