@@ -9,7 +9,8 @@ file://, ...). The driver lists IN, reads the manifest in OUT, and hands the fil
 Decoder (one GPU each where the cluster has GPUs) and writes its outputs itself, atomically (a
 temporary name, then a rename that never replaces an existing file). One record per input comes
 back to the driver, which appends it to the manifest as the job runs (`OUT/slim-manifest.jsonl`:
-source, output, bytes, bpp, rate, caption, error, ...).
+source, output, bytes, bpp, rate, caption, error, ...). With GPU actors, decompression encodes and
+writes its PNGs in CPU tasks after the actor stage (PNG encoding takes longer than a GPU decode).
 
 Nothing lost, nothing done twice:
 - a re-run skips the inputs whose manifest record is good and whose output is still there with the
