@@ -151,5 +151,7 @@ def build_engines(root: str | Path, stages: list[str] | None = None, timing_cach
         out[key] = plan
     manifest.setdefault("trt", {})[gpu] = {"tensorrt": trt.__version__,
                                            "engines": {k: str(p.relative_to(root)) for k, p in out.items()}}
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp = root / "manifest.json.tmp"  # atomic: a reader never sees half a manifest
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(root / "manifest.json")
     return out

@@ -18,12 +18,25 @@ _FLOAT_DTYPES = ("torch.float32", "torch.float16", "torch.bfloat16")
 _MIN_TRITON_NUMEL = 1 << 14  # below this a kernel launch costs more than it saves
 
 
+_TRITON_STATE: list = []  # [bool] once checked
+
+
 def triton_available() -> bool:
-    try:
-        from . import triton_ops  # noqa: F401
-    except Exception:  # ImportError, or triton present but unusable
-        return False
-    return True
+    """Whether the Triton kernels import. Triton installed but broken (its import raises something
+    other than ImportError) warns once: the reference ops still give the same results, only slower."""
+    if not _TRITON_STATE:
+        try:
+            from . import triton_ops  # noqa: F401
+            _TRITON_STATE.append(True)
+        except ImportError:
+            _TRITON_STATE.append(False)
+        except Exception as e:  # present but unusable
+            import warnings
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            warnings.warn(f"triton is installed but unusable ({first}): using the PyTorch reference kernels",
+                          RuntimeWarning, stacklevel=2)
+            _TRITON_STATE.append(False)
+    return _TRITON_STATE[0]
 
 
 def _triton_ok(*tensors: Tensor | None) -> bool:

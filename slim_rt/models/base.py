@@ -268,7 +268,10 @@ def load_base(source: str | Path, *, local_files_only: bool = False, device="cpu
         try:
             from diffusers import DDPMScheduler
             sched = dict(DDPMScheduler.load_config(root, subfolder="scheduler", **kw))
-        except Exception:
+        except Exception as e:  # the sampler would fall back to SD's defaults: say so
+            import warnings
+            warnings.warn(f"base {src!r}: no scheduler config ({first_line(e)}); the enhancement sampler uses "
+                          "Stable Diffusion's default noise schedule", RuntimeWarning, stacklevel=2)
             sched = {}
     base = BaseModel(vae, unet, text_encoder, tokenizer, sched, src)
     for m in (base.vae, base.unet, base.text_encoder):
