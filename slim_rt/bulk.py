@@ -260,8 +260,18 @@ def _out_rel(rel: str, mode: str) -> str:
     return posixpath.splitext(rel)[0] + (".slim" if mode == "compress" else ".png")
 
 
+def _job(cfg: BulkConfig) -> dict:
+    """What decides an output's content: a record made under other settings is not "done" for these."""
+    job = {"mode": cfg.mode, "model": cfg.model, "export_dir": cfg.export_dir, "steps": cfg.steps}
+    if cfg.mode == "compress":
+        job.update(rate=cfg.rate, caption=cfg.caption)
+    return job
+
+
 def _is_done(rec: dict | None, cfg: BulkConfig, outputs: dict[str, int]) -> bool:
     if rec is None or rec.get("error") is not None or cfg.overwrite:
+        return False
+    if rec.get("job") != _job(cfg):  # another model, K, rate or caption than this run asks for
         return False
     if cfg.mode == "compress" and rec.get("rate") != cfg.rate:
         return False
@@ -292,6 +302,12 @@ def plan(cfg: BulkConfig, in_fs, in_root: str, out_fs, out_root: str):
         rec = manifest.get(rel)
         if _is_done(rec, cfg, outputs):
             continue
+        if rec is not None and rec.get("job") != _job(cfg) and orel in outputs and not cfg.overwrite:
+            # outputs of this folder's earlier job, made under other settings: neither kept as this
+            # job's nor replaced, and its manifest stays as it is
+            diff = ", ".join(k for k, v in _job(cfg).items() if (rec.get("job") or {}).get(k) != v)
+            raise BulkError(f"{cfg.output} holds outputs of a job with other settings ({diff or 'none recorded'}), "
+                            f"e.g. {orel}: use --overwrite or another output folder")
         if rec is not None and rec.get("error") and rec.get("permanent") and not (cfg.retry_failed or cfg.overwrite):
             continue
         todo.append(rel)
@@ -308,7 +324,7 @@ def _record(cfg, rel, orel, in_root, out_root, error=None, **kw) -> dict:
     r = {"rel": rel, "source": posixpath.join(src, rel), "output": posixpath.join(out, orel),
          "out_rel": orel, "bytes": None, "output_bytes": None, "bpp": None, "rate": None, "caption": None,
          "width": None, "height": None, "status": "failed" if error else "coded", "error": None,
-         "permanent": None,
+         "permanent": None, "job": _job(cfg),
          "time": datetime.now().astimezone().isoformat(timespec="milliseconds")}
     if error:
         r["error"], r["permanent"], r["output"] = error[0], error[1], None

@@ -97,6 +97,13 @@ def test_compress_then_decompress(ray_local, tiny_dir, folder, tmp_path):
     # a re-run finds everything done (or recorded as bad) and starts no job
     again = bulk.run(_cfg("compress", folder, out, tiny_dir))
     assert (again.ok, again.failed, again.coded, again.kept) == (6, 2, 0, 6)
+    # other settings on the same OUT: outputs are neither kept as this job's nor replaced
+    before = (out / GOOD[0].replace(".png", ".slim")).read_bytes()
+    manifest = (out / bulk.MANIFEST).read_text()
+    with pytest.raises(bulk.BulkError, match=r"other settings \(caption\)"):
+        bulk.run(_cfg("compress", folder, out, tiny_dir, caption="a dog"))
+    assert (out / GOOD[0].replace(".png", ".slim")).read_bytes() == before
+    assert (out / bulk.MANIFEST).read_text() == manifest
 
     (out / "sub" / "junk.slim").write_bytes(b"SLIM" + b"\x00" * 40)  # a bad .slim among the inputs
     png = tmp_path / "png"
