@@ -90,8 +90,8 @@ class Client:
             return False
 
     def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        c, mod = self._conn()  # first: it names the package to install when tritonclient is missing
         from tritonclient.utils import InferenceServerException, np_to_triton_dtype
-        c, mod = self._conn()
         ins = []
         for name, a in inputs.items():
             t = mod.InferInput(name, list(a.shape), "BYTES" if a.dtype == object else np_to_triton_dtype(a.dtype))

@@ -318,15 +318,21 @@ class ServeConfig:
     extra: dict = field(default_factory=dict)  # more TritonConfig fields
 
 
-def _ensure_python_libdir() -> None:
+_UNSET = object()
+
+
+def _ensure_python_libdir():
     """The Python backend's stub links against libpython; pyenv-style builds keep it out of the loader's
-    path. Add this interpreter's LIBDIR to LD_LIBRARY_PATH (inherited by tritonserver and its stubs)."""
+    path. Add this interpreter's LIBDIR to LD_LIBRARY_PATH (inherited by tritonserver and its stubs).
+    Returns the previous value (`_UNSET`: none; None: nothing changed) for `Server.stop` to restore."""
     libdir = sysconfig.get_config_var("LIBDIR")
     if not libdir or not os.path.isdir(libdir):
-        return
-    cur = os.environ.get("LD_LIBRARY_PATH", "")
-    if libdir not in cur.split(":"):
-        os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{cur}" if cur else libdir
+        return None
+    cur = os.environ.get("LD_LIBRARY_PATH")
+    if libdir in (cur or "").split(":"):
+        return None
+    os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{cur}" if cur else libdir
+    return _UNSET if cur is None else cur
 
 
 def _check_port_free(address: str, port: int, what: str) -> None:
@@ -414,8 +420,10 @@ class Server:
         size = _warmup_size(c)
         if size is not None:
             t0 = time.perf_counter()
+            # the compiled backend captures a CUDA graph per shape: every batch size the batcher can form
+            batches = range(1, c.max_batch + 1) if c.backend == "compiled" else (1,)
             for enc, dec in self.codecs:
-                dec.warmup(sizes=[size])
+                dec.warmup(sizes=[size], batch_sizes=tuple(batches))
                 enc.encode(np.full((*size, 3), 128, np.uint8))  # loads the automatic captioner too
             self._say(f"warmed up at {size[1]}x{size[0]} in {time.perf_counter() - t0:.1f} s")
         self._start_triton()
@@ -426,7 +434,7 @@ class Server:
         from pytriton.triton import Triton, TritonConfig
 
         c = self.cfg
-        _ensure_python_libdir()  # before tritonserver starts: it and its Python stubs inherit it
+        self._saved_ld = _ensure_python_libdir()  # before tritonserver starts: it and its Python stubs inherit it
         tc = TritonConfig(http_address=c.address, http_port=c.http_port, grpc_address=c.address,
                           grpc_port=c.grpc_port, metrics_address=c.address, metrics_port=c.metrics_port,
                           allow_metrics=True, allow_gpu_metrics=any(d.startswith("cuda") for d in c.devices),
@@ -470,6 +478,11 @@ class Server:
         t, self._triton = self._triton, None
         if t is not None:
             t.stop()
+        saved, self._saved_ld = getattr(self, "_saved_ld", None), None
+        if saved is _UNSET:  # the environment as it was before start()
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        elif saved is not None:
+            os.environ["LD_LIBRARY_PATH"] = saved
 
     def __enter__(self) -> "Server":
         return self.start()

@@ -9,8 +9,11 @@ Per stage (the networks only; the exact entropy path never runs here):
   symbolic sizes, later sizes reuse that code.
 - on a GPU, each (input shapes, dtypes) is captured once into a `torch.cuda.CUDAGraph` with static input
   buffers: a call copies its inputs into them, replays the graph and returns copies of the static
-  outputs. All graphs of a backend share one memory pool. Shapes past `max_graphs` per stage, or whose
-  capture fails, run the compiled function without a graph (the clean fallback).
+  outputs. All graphs of a backend share one memory pool. A new shape is compiled (if its sizes need
+  it) and captured on first use, in that caller's call: warm up the shapes you serve
+  (`Decoder.warmup(sizes=..., batch_sizes=...)`) so no request pays that. Shapes past `max_graphs` per
+  stage, or whose capture fails, run the compiled function without a graph (the clean fallback).
+- the model's networks are converted to channels-last in place (a pipeline owns its model).
 - channels-last memory layout for the convolutional stages on a GPU, where cuDNN is faster with it.
 - fp16/bf16: the base networks run in the pipeline's dtype (`dtype=`); the compressor's networks stay
   fp32 (they are small, and their outputs feed the quantizer).
@@ -115,7 +118,9 @@ class CompiledStage:
                     self.fn(*static)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            # thread_local: other threads' CUDA work (a server's other requests) neither breaks nor
+            # enters this capture
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 out = self.fn(*static)
             return _Graph(graph, static, out)
         except Exception as e:  # a stage that cannot be captured still runs, compiled
