@@ -174,6 +174,8 @@ def bench_grid(codecs: dict, sizes, batches, steps_list, repeats, warmup, stage_
                         case.times = {wh: [] for wh in case.times}
                     case.warmup_s = time.perf_counter() - t
                     case.peak = mem.peak
+                    if device.startswith("cuda"):  # this backend's warm-up (same shapes as its timed runs)
+                        case.peak_cuda = torch.cuda.max_memory_allocated() / 2**20
                     cases[b] = case
                 except Exception as e:  # one backend failing a shape must not stop the grid
                     msg = first_line(e)
@@ -199,7 +201,7 @@ def bench_grid(codecs: dict, sizes, batches, steps_list, repeats, warmup, stage_
                         st["entropy_share"] = round(ent / synced_sum, 4) if synced_sum else None
                     r[wh] = st
                 if device.startswith("cuda"):
-                    r["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                    r["peak_cuda_mb"] = round(case.peak_cuda, 1)
                 else:
                     r["peak_rss_mb"] = round(case.peak, 1)
                 out[b][key] = r
@@ -319,7 +321,7 @@ def render_md(r: dict) -> str:
              f"between stages; stage split from {r['stage_runs']} synchronised runs. Versions: "
              + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
              "| backend | size/batch | encode ms (p99) | " + " | ".join(f"decode K={k} ms (p99)" for k in r["steps"])
-             + " | img/s decode K=" + str(r["steps"][-1]) + " | entropy share | peak MiB |",
+             + " | img/s decode K=" + str(r["steps"][-1]) + " | entropy share | peak MiB* |",
              "|---|---|---|" + "---|" * len(r["steps"]) + "---|---|---|"]
     for b, per in r["backends"].items():
         for key, x in per.items():
@@ -333,7 +335,14 @@ def render_md(r: dict) -> str:
             peak = x.get("peak_cuda_mb", x.get("peak_rss_mb"))
             lines.append(f"| {b} | {key} | {x['encode']['median_ms']:.2f} ({x['encode']['p99_ms']:.2f}) | {decs} | "
                          f"{last['images_per_s']:.0f} | {'' if share is None else f'{100 * share:.1f}%'} | {peak:.0f} |")
-    lines += ["", "Per-stage medians (ms, synchronised runs):", ""]
+    if r.get("partial"):
+        lines += ["", f"**Partial run**: it stopped (time limit) before the whole grid (sizes {', '.join(r['sizes'])}, "
+                  f"batch {', '.join(map(str, r['batch']))}) was measured; only the rows above were."]
+    lines += ["", "*Peak MiB: on a GPU, CUDA memory allocated at the peak of this backend's warm-up at that shape "
+              "(all backends are loaded in one process, so every loaded backend's weights are included; runs "
+              "before 2026-11-26 13:00 read it after all backends' runs: the same figure for each); on a CPU, "
+              "the process RSS.",
+              "", "Per-stage medians (ms, synchronised runs):", ""]
     for b, per in r["backends"].items():
         for key, x in per.items():
             for wh, st in x.items():
