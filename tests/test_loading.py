@@ -120,3 +120,10 @@ def test_package_slim_tiny_reproduces_it(tmp_path):
     m1, data1, rec1 = _codec_outputs(out, image)
     assert m1.fingerprint_hex == m0.fingerprint_hex == "6f88979e14e05126f80926094d759a6423721af365eaf4296a13ebc54bab03ab"
     assert data1 == data0 and all(torch.equal(a, b) for a, b in zip(rec0, rec1))
+
+
+def test_save_pretrained_refuses_a_partial_base(tiny_dir, tmp_path):
+    """A model loaded without its UNet would be saved without it: refused with one line."""
+    m = SlimModel.from_pretrained(tiny_dir, need_unet=False)
+    with pytest.raises(ValueError, match="without its UNet"):
+        m.save_pretrained(tmp_path / "out")

@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "else ./slim-rt-results)")
     ap.add_argument("--tag", help="results name suffix (default: cpu or the GPU's name)")
     args = ap.parse_args(argv)
-    args.budget_s = min(args.budget_s, 60.0)
+    if not 0 < args.budget_s <= 60.0:  # the bound: a load test on loopback runs at most a minute
+        ap.error(f"--budget-s must be in (0, 60], got {args.budget_s:g}")
 
     import torch
 

@@ -188,6 +188,8 @@ def save_base(base: BaseModel, dest: str | Path, unet_dtype: torch.dtype | None 
         (dest / "scheduler").mkdir(exist_ok=True)
         (dest / "scheduler" / "scheduler_config.json").write_text(json.dumps(base.scheduler_config, indent=2))
     if base.unet is None:
+        if stored and (src / "unet").is_dir():
+            raise ValueError(f"this base was loaded without its UNet (need_unet=False): load {src} whole to save it")
         return dest
     unet = base.unet
     if unet_dtype is not None and next(unet.parameters()).dtype != unet_dtype:
@@ -195,6 +197,9 @@ def save_base(base: BaseModel, dest: str | Path, unet_dtype: torch.dtype | None 
     unet.save_pretrained(dest / "unet")
     text = [copied(item) for item in ("text_encoder", "tokenizer", TEXT_ENCODER_REF)]
     if not any(text) and base.text_encoder is not None:
+        if not hasattr(base.text_encoder, "save_pretrained"):  # a context table (precomputed captions)
+            raise ValueError("this base uses a context table in place of its text encoder, and its source "
+                             "folder has none to copy: load it with its text encoder to save it")
         base.text_encoder.save_pretrained(dest / "text_encoder")
         base.tokenizer.save_pretrained(dest / "tokenizer")
     return dest
