@@ -679,15 +679,20 @@ def run(cfg: BulkConfig, say=None) -> Summary:
     if todo:
         ray, started = _ray_init(cfg)
         bar = None
+        restore = []  # Ray Data settings and loggers changed below: put back when the job ends
         try:
             device, workers, per_actor = _resources(ray, cfg)
             if cfg.png_stage is None:
                 cfg = replace(cfg, png_stage=cfg.mode == "decompress" and device == "cuda")
             ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = False  # ours counts what reached the manifest
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
-            logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
-            ctx.max_consecutive_actor_init_deaths = cfg.retries
+            for name, level in (("ray.data", logging.WARNING), ("ray.data._internal.progress", logging.ERROR)):
+                log = logging.getLogger(name)  # quiet; "progress bars disabled" on the second
+                restore.append((log.setLevel, log.level))
+                log.setLevel(level)
+            for attr, value in (("enable_progress_bars", False),  # ours counts what reached the manifest
+                                ("max_consecutive_actor_init_deaths", cfg.retries)):
+                restore.append((lambda v, a=attr: setattr(ctx, a, v), getattr(ctx, attr)))
+                setattr(ctx, attr, value)
             crash = None
             if os.environ.get(CRASH_AFTER_ENV):
                 crash = (int(os.environ[CRASH_AFTER_ENV]), os.environ.get(CRASH_ONCE_ENV) or None)
@@ -724,6 +729,8 @@ def run(cfg: BulkConfig, say=None) -> Summary:
         except Exception as e:  # noqa: BLE001  (Ray's errors when workers die past their retries)
             stopped = e
         finally:
+            for put_back, old in reversed(restore):  # a caller's Ray session keeps its own settings
+                put_back(old)
             if bar is not None:
                 bar.close()
             s.seconds = time.perf_counter() - t0

@@ -53,8 +53,9 @@ class ContextTable(nn.Module):
         hit = (input_ids.to(self.ids.device)[:, None, :] == self.ids[None]).all(-1)  # [B, N]
         missing = (~hit.any(1)).nonzero().flatten().tolist()
         if missing:
-            raise ValueError(f"caption not in this precomputed context table ({len(self.captions)} captions; "
-                             "load the real text encoder to decode others)")
+            raise ValueError(f"caption not in this precomputed context table (row {missing[0]} of the batch; the "
+                             f"table holds {len(self.captions)}: {', '.join(map(repr, self.captions[:5]))}"
+                             f"{', ...' if len(self.captions) > 5 else ''}; load the real text encoder for others)")
         return SimpleNamespace(last_hidden_state=self.states[hit.float().argmax(1)])
 
     @classmethod
