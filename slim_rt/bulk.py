@@ -459,7 +459,7 @@ class _Worker:
     def _compress(self, rows) -> list[dict]:
         from slim_rt import bitstream as bsf
         from slim_rt.images import to_tensor
-        from slim_rt.serve import open_image_bytes
+        from slim_rt.images import open_image_bytes
         recs: dict[int, dict] = {}
         todo = []
         for i, (path, data) in enumerate(rows):

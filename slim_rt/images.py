@@ -6,6 +6,7 @@ and file paths. Applies EXIF orientation, converts L/LA/P/RGBA/CMYK/16-bit to RG
 """
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -131,3 +132,25 @@ def to_pil(x: Tensor) -> Image.Image:
     """[3,H,W] float in [0,1] -> PIL RGB."""
     a = (x.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(a, "RGB")
+
+
+def open_image_bytes(data: bytes):
+    """Image file bytes -> PIL image, with the same size checks and bomb protection as files."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            _check_size(*img.size)
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError("image too large (decompression bomb protection)") from None
+    except ValueError:
+        raise
+    except UnidentifiedImageError:
+        raise ValueError("cannot read the image file: not a known image format") from None
+    except Exception as e:  # truncated files
+        raise ValueError(f"cannot read the image file: {first_line(e)}") \
+            from None
+    return img

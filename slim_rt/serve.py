@@ -38,13 +38,13 @@ import sys
 import sysconfig
 import threading
 import time
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from slim_rt.errors import first_line
+from slim_rt.images import open_image_bytes
 
 DECODE_MODEL = "slim_decode"
 ENCODE_MODEL = "slim_encode"
@@ -190,27 +190,6 @@ def _log_unexpected(e: Exception) -> None:
 
 
 # -- slim_encode ------------------------------------------------------------------------------------
-def open_image_bytes(data: bytes):
-    """Image file bytes -> PIL image, with the same size checks and bomb protection as files."""
-    from PIL import Image, UnidentifiedImageError
-
-    from slim_rt.images import _check_size
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            _check_size(*img.size)
-            img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError("image too large (decompression bomb protection)") from None
-    except ValueError:
-        raise
-    except UnidentifiedImageError:
-        raise ValueError("cannot read the image file: not a known image format") from None
-    except Exception as e:  # truncated files
-        raise ValueError(f"cannot read the image file: {first_line(e)}") \
-            from None
-    return img
 
 
 class EncodeModel:
