@@ -5,14 +5,15 @@ import pytest
 import torch
 
 import slim_rt
-from slim_rt.backends.compiled_backend import CompileOptions, CompiledStage, _own_code
+from slim_rt.backends import own_code
+from slim_rt.backends.compiled_backend import CompileOptions, CompiledStage
 from slim_rt.captions import FixedCaptioner
 from slim_rt.errors import ModelLoadError
 
 
 def test_stage_functions_get_own_code_objects():
     f = lambda x: x + 1  # noqa: E731
-    a, b = _own_code(f, "latent_analysis/r0"), _own_code(f, "latent_analysis/r1")
+    a, b = own_code(f, "latent_analysis/r0"), own_code(f, "latent_analysis/r1")
     assert a.__code__ is not b.__code__ and a(torch.ones(1)).item() == 2.0
 
 

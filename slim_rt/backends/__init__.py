@@ -7,6 +7,7 @@ mixed (e.g. `{**torch_stages(m), "unet": trt_stage}`).
 """
 from __future__ import annotations
 
+import types
 from typing import Callable, Protocol
 
 from torch import Tensor
@@ -58,6 +59,16 @@ def stage_networks(model) -> dict[str, Callable[..., Tensor]]:
         nets["text_encoder"] = base.text_states
         nets["unet"] = unet_call(base.unet)
     return nets
+
+
+def own_code(fn: Callable[..., Tensor], name: str) -> Callable[..., Tensor]:
+    """`fn` behind a code object of its own. Dynamo caches compiled code per code object, and every
+    nn.Sequential (or bound method wrapper) shares one, so without this all compressor stages would
+    share one cache and exhaust its recompile limit (8)."""
+    def call(*args):
+        return fn(*args)
+    code = call.__code__.replace(co_name=f"stage_{name.replace('/', '_')}")
+    return types.FunctionType(code, call.__globals__, code.co_name, None, call.__closure__)
 
 
 class FnStage:

@@ -22,7 +22,6 @@ On the CPU it is inductor without graphs (needs a C++ compiler, as torch.compile
 from __future__ import annotations
 
 import threading
-import types
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor
 
 from slim_rt.errors import first_line
-from slim_rt.backends import STAGES, FnStage, Stage, stage_networks
+from slim_rt.backends import STAGES, FnStage, Stage, own_code, stage_networks
 from slim_rt.models.slim import SlimModel
 
 
@@ -47,16 +46,6 @@ class CompileOptions:
 
 _CONV_STAGES = ("vae_encoder", "vae_decoder", "latent_analysis", "hyper_analysis", "hyper_synthesis",
                 "latent_synthesis", "unet")
-
-
-def _own_code(fn: Callable[..., Tensor], name: str) -> Callable[..., Tensor]:
-    """`fn` behind a code object of its own. Dynamo caches compiled code per code object, and every
-    nn.Sequential (or bound method wrapper) shares one, so without this all compressor stages would
-    share one cache and exhaust its recompile limit (8)."""
-    def call(*args):
-        return fn(*args)
-    code = call.__code__.replace(co_name=f"stage_{name.replace('/', '_')}")
-    return types.FunctionType(code, call.__globals__, code.co_name, None, call.__closure__)
 
 
 class _Graph:
@@ -75,7 +64,7 @@ class CompiledStage:
         self.inputs, self.outputs = STAGES[name.split("/")[0]]
         self.device = device
         self.opts = opts
-        self.fn = torch.compile(_own_code(fn, name), mode=None if opts.mode == "default" else opts.mode,
+        self.fn = torch.compile(own_code(fn, name), mode=None if opts.mode == "default" else opts.mode,
                                 dynamic=opts.dynamic)
         self.graphs: dict[tuple, _Graph | None] = {}   # None: this shape runs without a graph
         self._lock = lock                               # one per backend: captures and replays serialise
