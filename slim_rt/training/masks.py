@@ -15,6 +15,8 @@ from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
 
+from slim_rt.classifier import MEAN, STD
+
 
 def gradcam(model, x: Tensor, target: int) -> Tensor:
     """EfficientNet-Lite Grad-CAM of class `target` for a normalised image [1,3,h,w] -> [h',w'] in [0,1]."""
@@ -70,7 +72,7 @@ class MaskProvider:
                 self.masks.append(m)
                 continue
             model = model or classifier or load_efficientnet_lite0()
-            x = F.interpolate((im[None] - 0.498) / 0.502, size=(224, 224), mode="bilinear", antialias=True)
+            x = F.interpolate((im[None] - MEAN) / STD, size=(224, 224), mode="bilinear", antialias=True)
             target = label if label >= 0 else int(model(x).argmax())
             m = roi_mask(gradcam(model, x, target), tuple(im.shape[1:]))
             if cp is not None:

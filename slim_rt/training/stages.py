@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from slim_rt.classifier import MEAN, STD
 from slim_rt.config import COMPRESSOR_PRESETS
 from slim_rt.models.compressor import SlimCompressor
 from slim_rt.training.config import TrainConfig
@@ -32,7 +33,7 @@ def _frozen_classifier():
 
 def _features(clf, x01: torch.Tensor) -> torch.Tensor:
     """Mid-level features of the frozen classifier on [0,1] images at their own resolution."""
-    x = (x01 - 0.498) / 0.502
+    x = (x01 - MEAN) / STD
     x = clf._swish(clf._bn0(clf._conv_stem(x)))
     for i, block in enumerate(clf._blocks[:8]):
         x = block(x)
