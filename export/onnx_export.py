@@ -288,11 +288,9 @@ def export_model(model_or_path, out_dir: str | Path, *, precision: str = "fp32",
 def enhance_schedules(model) -> dict:
     """The enhancement schedule the runtimes use (from slim_config.json + the scheduler config): the
     UNet graph takes the timestep as an input, and every K's timesteps and DDIM coefficients are here."""
-    from slim_rt.sampler import FewStepSampler, alphas_cumprod_from_config
-    sched = model.base.scheduler_config
+    from slim_rt.sampler import FewStepSampler
     enh = model.config.enhance
-    sampler = FewStepSampler(alphas_cumprod_from_config(sched), enh.t0, sched.get("prediction_type", "epsilon"),
-                             enh.timesteps)
+    sampler = FewStepSampler.from_configs(model.base.scheduler_config, enh)
     ks = sorted({1, 2, 4, *enh.distilled, *([enh.steps] if enh.steps else [])})
     return {"default_steps": enh.steps, "t0": enh.t0, "distilled": list(enh.distilled),
             "schedules": {str(k): sampler.schedule(k).to_dict() for k in ks}}

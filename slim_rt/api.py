@@ -133,7 +133,7 @@ def _make_engine_pipeline(export_dir, backend, device, stages=None, overrides=No
 class Encoder:
     def __init__(self, pipeline: Pipeline, rate: int = 0, captioner: Captioner | None = None,
                  steps: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
-        pipeline._check_rate(rate)
+        pipeline.check_rate(rate)
         self.pipeline = pipeline
         self.rate = rate
         self.max_pixels = max_pixels
@@ -141,7 +141,7 @@ class Encoder:
         self.steps = pipeline.model.config.enhance.steps if steps is None else steps
         if "unet" not in pipeline.stages:
             self.steps = 0
-        pipeline._check_steps(self.steps)
+        pipeline.check_steps(self.steps)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, *, rate: int = 0, device="cpu",

@@ -244,7 +244,7 @@ def cmd_demo(args) -> int:
     enc = slim_rt.Encoder.from_pretrained(model, rate=0, device=args.device, backend=args.backend,
                                           steps=args.steps, max_pixels=args.max_pixels)
     args.rate = enc.model.num_rates - 1 if args.rate is None else args.rate  # demo: best quality by default
-    enc.pipeline._check_rate(args.rate)
+    enc.pipeline.check_rate(args.rate)
     enc.rate = args.rate
     dec = slim_rt.Decoder(enc.pipeline, max_pixels=args.max_pixels)  # one loaded model serves both directions
     load_ms = (time.perf_counter() - t) * 1e3

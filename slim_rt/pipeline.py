@@ -26,7 +26,7 @@ from slim_rt.config import coded_size
 from slim_rt.images import pad_to_multiple
 from slim_rt.models.base import tokenize
 from slim_rt.models.slim import SlimModel
-from slim_rt.sampler import FewStepSampler, alphas_cumprod_from_config
+from slim_rt.sampler import FewStepSampler
 
 MAX_DECODE_STEPS = 100  # a decoder may override the bitstream's K (<= bsf.MAX_STEPS) up to this
 CONTEXT_CACHE_BYTES = 32 << 20  # caption-context cache: captions (<= 255 bytes each) + their tensors
@@ -71,10 +71,7 @@ class Pipeline:
         self.impl = impl
         self.dtype = dtype
         self.sync_timings = True  # False: no GPU syncs between stages (faster; per-stage times blur)
-        sched = model.base.scheduler_config
-        enh = model.config.enhance
-        self.sampler = FewStepSampler(alphas_cumprod_from_config(sched), enh.t0,
-                                      sched.get("prediction_type", "epsilon"), enh.timesteps)
+        self.sampler = FewStepSampler.from_configs(model.base.scheduler_config, model.config.enhance)
         self._local = threading.local()       # per thread: the running call's timer, the last timings
         self._contexts: OrderedDict[str, Tensor] = OrderedDict()
         self._contexts_bytes = 0
@@ -119,11 +116,11 @@ class Pipeline:
             out = self.stages[key](**inputs)
         return next(iter(out.values()))
 
-    def _check_rate(self, rate: int) -> None:
+    def check_rate(self, rate: int) -> None:
         if not 0 <= rate < self.model.num_rates:
             raise ValueError(f"rate must be in [0, {self.model.num_rates - 1}] for this model, got {rate}")
 
-    def _check_steps(self, steps: int, limit: int = bsf.MAX_STEPS) -> None:
+    def check_steps(self, steps: int, limit: int = bsf.MAX_STEPS) -> None:
         """limit: bsf.MAX_STEPS for what a bitstream records, MAX_DECODE_STEPS for a decoder override."""
         if not 0 <= steps <= limit:
             raise ValueError(f"steps must be in [0, {limit}], got {steps}")
@@ -164,8 +161,8 @@ class Pipeline:
     @torch.inference_mode()
     def encode(self, images: Tensor, captions: list[str], rate: int, steps: int) -> list[bytes]:
         """images [B,3,H,W] in [0,1] (one size) -> one .slim bytes object per image."""
-        self._check_rate(rate)
-        self._check_steps(steps)
+        self.check_rate(rate)
+        self.check_steps(steps)
         with self.call_timer():
             return self._encode(images, captions, rate, steps)
 
@@ -222,7 +219,7 @@ class Pipeline:
                for s in streams):
             raise ValueError("decode() needs bitstreams of one size and rate (decode_batch groups them)")
         k = h0.steps if steps is None else steps
-        self._check_steps(k, MAX_DECODE_STEPS)
+        self.check_steps(k, MAX_DECODE_STEPS)
         if not (math.isfinite(guidance) and guidance >= 0):
             raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
         m = self.model.pixel_multiple

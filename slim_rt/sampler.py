@@ -86,6 +86,13 @@ class FewStepSampler:
         self.prediction_type = prediction_type
         self.timesteps = {int(k): tuple(v) for k, v in (timesteps or {}).items()}  # explicit per-K schedules
 
+    @classmethod
+    def from_configs(cls, scheduler_config: dict, enhance) -> "FewStepSampler":
+        """The sampler a model decodes with: its base's scheduler config and its `SlimConfig.enhance`
+        (t0, explicit per-K timesteps). The one place the pipeline, the export and training build it."""
+        return cls(alphas_cumprod_from_config(scheduler_config), enhance.t0,
+                   scheduler_config.get("prediction_type", "epsilon"), enhance.timesteps)
+
     def schedule(self, steps: int) -> EnhanceSchedule:
         return EnhanceSchedule.make(self.alphas_cumprod, self.t0, steps, self.prediction_type,
                                     self.timesteps.get(steps))

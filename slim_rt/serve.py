@@ -124,7 +124,7 @@ class DecodeModel:
             try:
                 bs = pipe.parse(_as_bytes(d))
                 _budget_chunks([i], bs.header.width, bs.header.height, self.decoder.max_pixels, "decoder")
-                pipe._check_steps(bs.header.steps if k is None else k, MAX_DECODE_STEPS)
+                pipe.check_steps(bs.header.steps if k is None else k, MAX_DECODE_STEPS)
                 parsed[i] = _as_bytes(d)
             except Exception as e:
                 errors[i] = error_text(e)
@@ -225,7 +225,7 @@ class EncodeModel:
                 caps = _scalars(req, "caption", n) or [None] * n
                 for src, rate, cap in zip(srcs, rates, caps):
                     try:
-                        pipe._check_rate(int(rate))
+                        pipe.check_rate(int(rate))
                         c = None if cap is None else _as_bytes(cap).decode("utf-8")
                         t = to_tensor(open_image_bytes(src) if isinstance(src, bytes) else src)
                         h, w = t.shape[1:]

@@ -161,9 +161,9 @@ class Decode:
 
     def __init__(self, unet_stage, vae_stage, dtype: torch.dtype):
         from slim_rt.config import EnhanceConfig
-        from slim_rt.sampler import FewStepSampler, alphas_cumprod_from_config
+        from slim_rt.sampler import FewStepSampler
         self.unet_stage, self.vae_stage, self.dtype = unet_stage, vae_stage, dtype
-        self.sampler = FewStepSampler(alphas_cumprod_from_config({}), EnhanceConfig().t0, "epsilon")
+        self.sampler = FewStepSampler.from_configs({}, EnhanceConfig())  # SD defaults, t0 as slim-rt
 
     def _unet(self, x, t, c):
         return self.unet_stage(sample=x.to(self.dtype), timestep=t, context=c.to(self.dtype))["model_out"].float()

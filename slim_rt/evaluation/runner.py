@@ -132,7 +132,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         model_name = enc.model.config.name
         ks = [enc.model.config.enhance.steps] if not steps else list(dict.fromkeys(int(k) for k in steps))
         for k in ks:
-            enc.pipeline._check_steps(k, MAX_DECODE_STEPS)
+            enc.pipeline.check_steps(k, MAX_DECODE_STEPS)
         g = float(guidance)
         log(f"SLIM model {model_name} ({model}): {enc.model.num_rates} rates, steps {ks}, guidance {g:g}, "
             f"loaded in {time.perf_counter() - t:.1f} s")

@@ -29,7 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from slim_rt.classifier import MEAN, STD
-from slim_rt.sampler import FewStepSampler, alphas_cumprod_from_config, path_point
+from slim_rt.sampler import FewStepSampler, path_point
 from slim_rt.training.config import TrainConfig
 from slim_rt.training.stages import crop_latents, encode_dataset
 from slim_rt.training.trainer import Stage
@@ -60,12 +60,9 @@ class _EnhanceBase(Stage):
             raise ValueError(f"{model_dir}: the base has no UNet to train")
         self.model.base.vae.requires_grad_(False)
         self.unet = self.model.base.unet.float().train().requires_grad_(True)
-        sched = self.model.base.scheduler_config
-        self.alphas_cumprod = alphas_cumprod_from_config(sched)
-        self.prediction_type = sched.get("prediction_type", "epsilon")
-        self.t0 = self.model.config.enhance.t0
-        self.sampler = FewStepSampler(self.alphas_cumprod, self.t0, self.prediction_type,
-                                      self.model.config.enhance.timesteps)
+        self.sampler = FewStepSampler.from_configs(self.model.base.scheduler_config, self.model.config.enhance)
+        self.alphas_cumprod, self.prediction_type, self.t0 = (
+            self.sampler.alphas_cumprod, self.sampler.prediction_type, self.sampler.t0)
         self._ctx: dict[str, torch.Tensor] = {}
         self.clf = None
         if cfg.task_weight > 0:
