@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from slim_rt.backends import PER_RATE, STAGES, stage_key
+from slim_rt.models.base import MAX_TOKENS
 
 SIZE_SYMS = ("batch", "height", "width")
 
@@ -89,7 +90,7 @@ class Geometry:
         vae_factor = base.vae_factor
         text_len = text_dim = vocab = 0
         if base.unet is not None and base.text_encoder is not None and base.tokenizer is not None:
-            text_len = min(int(base.tokenizer.model_max_length), 77)
+            text_len = min(int(base.tokenizer.model_max_length), MAX_TOKENS)
             text_dim = int(base.text_encoder.config.hidden_size)
             vocab = int(base.text_encoder.config.vocab_size)
         return cls(model.pixel_multiple, vae_factor, base.latent_channels, cc.N, cc.M,

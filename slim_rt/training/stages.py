@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from slim_rt.classifier import MEAN, STD
 from slim_rt.config import COMPRESSOR_PRESETS
+from slim_rt.models.base import PACKAGED_MAX_TOKENS
 from slim_rt.models.compressor import SlimCompressor
 from slim_rt.training.config import TrainConfig
 from slim_rt.training.trainer import Stage
@@ -99,7 +100,7 @@ class UnetStage(Stage):
         self.cfg, self.base_dir = cfg, Path(base_dir)
         self.base = load_base(self.base_dir, need_unet=False)  # any autoencoder kind, frozen
         self.text_encoder, self.tokenizer = _minilm()
-        self.tokenizer.model_max_length = 32
+        self.tokenizer.model_max_length = PACKAGED_MAX_TOKENS
         ch = tuple(cfg.unet_channels)
         n = len(ch)
         c = self.base.latent_channels
@@ -121,7 +122,8 @@ class UnetStage(Stage):
         with torch.no_grad():
             lat = self.base.encode_latent(x)
             caps = [c if torch.rand(()) > 0.1 else "" for c in batch["caption"]]  # 10% unconditional
-            tok = self.tokenizer(caps, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
+            tok = self.tokenizer(caps, padding="max_length", truncation=True, max_length=PACKAGED_MAX_TOKENS,
+                                 return_tensors="pt")
             ctx = self.text_encoder(tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
         noise = torch.randn_like(lat)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (lat.shape[0],))
