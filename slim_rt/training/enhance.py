@@ -32,7 +32,7 @@ from slim_rt.classifier import MEAN, STD
 from slim_rt.sampler import FewStepSampler, path_point
 from slim_rt.training.config import TrainConfig
 from slim_rt.training.stages import crop_latents, encode_dataset
-from slim_rt.training.trainer import Stage
+from slim_rt.training.trainer import TrainStage
 
 
 def machine_kl(clf, rec01: torch.Tensor, ref01: torch.Tensor) -> torch.Tensor:
@@ -49,7 +49,7 @@ def zero_output(unet) -> None:
     torch.nn.init.zeros_(unet.conv_out.bias)
 
 
-class _EnhanceBase(Stage):
+class _EnhanceBase(TrainStage):
     """Shared by both stages: the SLIM model (frozen base + compressors), a trainable UNet, captions."""
 
     def __init__(self, cfg: TrainConfig, model_dir: str | Path, masks, dataset):

@@ -22,7 +22,7 @@ from slim_rt.config import COMPRESSOR_PRESETS
 from slim_rt.models.base import PACKAGED_MAX_TOKENS
 from slim_rt.models.compressor import SlimCompressor
 from slim_rt.training.config import TrainConfig
-from slim_rt.training.trainer import Stage
+from slim_rt.training.trainer import TrainStage
 
 MINILM_DIM = 384
 
@@ -41,7 +41,7 @@ def _features(clf, x01: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class VaeStage(Stage):
+class VaeStage(TrainStage):
     name = "base-vae"
 
     def __init__(self, cfg: TrainConfig):
@@ -90,7 +90,7 @@ def _minilm():
     return AutoModel.from_pretrained(p).eval().requires_grad_(False), AutoTokenizer.from_pretrained(p)
 
 
-class UnetStage(Stage):
+class UnetStage(TrainStage):
     name = "base-unet"
 
     def __init__(self, cfg: TrainConfig, base_dir: str | Path):
@@ -142,7 +142,7 @@ class UnetStage(Stage):
             shutil.copytree(self.base_dir / "vae", out / "vae", dirs_exist_ok=True)
 
 
-class CompressorTraining(Stage):
+class CompressorTraining(TrainStage):
     """What every stage that trains a compressor (`self.comp`) shares: its optimizer groups (the
     bottleneck quantiles apart), the SLIM rate and RoI-distortion terms, and saving with CDF tables."""
 

@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader
 from slim_rt.training.config import TrainConfig
 
 
-class Stage:
+class TrainStage:
+    """What `train` trains: parameter groups, modules to checkpoint, a loss per batch. (Not the
+    runtime's `slim_rt.backends.Stage`, a named-tensor network call.)"""
     name = "stage"
 
     def parameters_groups(self) -> list[tuple[list, float]]:
@@ -44,7 +46,7 @@ def _collate(items: list[dict]) -> dict:
     return out
 
 
-def train(stage: Stage, dataset, cfg: TrainConfig, out: str | Path, *, progress: bool = True) -> dict:
+def train(stage: TrainStage, dataset, cfg: TrainConfig, out: str | Path, *, progress: bool = True) -> dict:
     """Run (or resume) `cfg.steps` optimisation steps of `stage`; returns the final log line."""
     from accelerate import Accelerator
     from tqdm import tqdm
