@@ -36,7 +36,8 @@ def _trt():
 def gpu_name(device=0) -> str:
     import torch
     if not torch.cuda.is_available():
-        raise ModelLoadError("TensorRT engines need a CUDA GPU and none is available")
+        # like Encoder/Decoder(device="cuda") without a GPU: a ValueError (the caller's request), not a load failure
+        raise ValueError("TensorRT engines need a CUDA GPU and none is available")
     return torch.cuda.get_device_name(device)
 
 

@@ -296,3 +296,13 @@ def test_trt_refuses_stale_engine(exported, tmp_path):
     m["content_hash"] = "0" * 64
     with pytest.raises(EngineMismatchError):
         trt_stages(d, m, "cuda", ["hyper_synthesis/r0"], rebuild=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_trt_without_gpu_is_a_value_error_like_the_api():
+    from slim_rt.api import _device
+    from slim_rt.engines.builder import gpu_name
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        _device("cuda")
+    with pytest.raises(ValueError, match="need a CUDA GPU"):
+        gpu_name()
