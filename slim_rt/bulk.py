@@ -456,19 +456,25 @@ class _Worker:
                        bpp=8 * len(data) / (h.width * h.height), rate=h.rate, caption=h.caption,
                        width=h.width, height=h.height, **kw)
 
-    def _compress(self, rows) -> list[dict]:
-        from slim_rt import bitstream as bsf
-        from slim_rt.images import to_tensor
-        from slim_rt.images import open_image_bytes
+    def _pending(self, rows) -> tuple[dict[int, dict], list[tuple[int, str, bytes]]]:
+        """Rows (path, bytes) -> ({row: record} of outputs already there, [(row, rel, bytes)] to code)."""
         recs: dict[int, dict] = {}
-        todo = []
+        pending = []
         for i, (path, data) in enumerate(rows):
-            rel = self._rel(path)
-            data = bytes(data)
+            rel, data = self._rel(path), bytes(data)
             rec = self._existing(rel, data)
             if rec is not None:
                 recs[i] = rec
-                continue
+            else:
+                pending.append((i, rel, data))
+        return recs, pending
+
+    def _compress(self, rows) -> list[dict]:
+        from slim_rt import bitstream as bsf
+        from slim_rt.images import open_image_bytes, to_tensor
+        recs, pending = self._pending(rows)
+        todo = []
+        for i, rel, data in pending:
             try:
                 todo.append((i, rel, to_tensor(open_image_bytes(data))))
             except Exception as e:  # noqa: BLE001  (ValueError: a bad image)
@@ -507,15 +513,9 @@ class _Worker:
     def _decompress(self, rows) -> list[dict]:
         from slim_rt import bitstream as bsf
         from slim_rt.errors import ResourceLimitError
-        recs: dict[int, dict] = {}
+        recs, pending = self._pending(rows)
         todo = []
-        for i, (path, data) in enumerate(rows):
-            rel = self._rel(path)
-            data = bytes(data)
-            rec = self._existing(rel, data)
-            if rec is not None:
-                recs[i] = rec
-                continue
+        for i, rel, data in pending:
             try:
                 h = bsf.parse(data).header
                 if h.width * h.height > self.cfg.max_pixels:  # before any work (decode_batch checks it too)

@@ -136,17 +136,8 @@ class DecodeModel:
         return [self._response(req, range(*span), results, errors) for req, span in zip(requests, spans)]
 
     def _decode(self, idx, datas, steps, results, errors) -> None:
-        try:
-            imgs = self.decoder.decode_batch(datas, steps=steps, output="tensor")
-        except Exception:  # redo one by one: only the culprit fails
-            imgs = []
-            for i, d in zip(idx, datas):
-                try:
-                    imgs.append(self.decoder.decode(d, steps=steps, output="tensor"))
-                except Exception as e:
-                    _log_unexpected(e)
-                    errors[i] = error_text(e)
-                    imgs.append(None)
+        imgs = _batch_or_each(idx, datas, lambda ds: self.decoder.decode_batch(ds, steps=steps, output="tensor"),
+                              lambda d: self.decoder.decode(d, steps=steps, output="tensor"), errors)
         for i, im in zip(idx, imgs):
             if im is not None:
                 results[i] = to_uint8_hwc(im)
@@ -182,6 +173,23 @@ def to_png(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a, "RGB").save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _batch_or_each(idx, items, run_batch, run_one, errors) -> list:
+    """run_batch(items); when it raises, run_one per item so only the culprit fails: its error text
+    goes to errors[idx[k]] and its output is None."""
+    try:
+        return run_batch(items)
+    except Exception:
+        out = []
+        for i, item in zip(idx, items):
+            try:
+                out.append(run_one(item))
+            except Exception as e:
+                _log_unexpected(e)
+                errors[i] = error_text(e)
+                out.append(None)
+        return out
 
 
 def _log_unexpected(e: Exception) -> None:
@@ -259,17 +267,9 @@ class EncodeModel:
         return out
 
     def _encode(self, idx, tensors, captions, rate, results, errors) -> None:
-        try:
-            datas = self.encoder.encode_batch(tensors, captions, rate=rate)
-        except Exception:
-            datas = []
-            for i, t, c in zip(idx, tensors, captions):
-                try:
-                    datas.append(self.encoder.encode_batch([t], [c], rate=rate)[0])
-                except Exception as e:
-                    _log_unexpected(e)
-                    errors[i] = error_text(e)
-                    datas.append(None)
+        datas = _batch_or_each(idx, list(zip(tensors, captions)),
+                               lambda its: self.encoder.encode_batch([t for t, _ in its], [c for _, c in its], rate=rate),
+                               lambda it: self.encoder.encode_batch([it[0]], [it[1]], rate=rate)[0], errors)
         for i, d in zip(idx, datas):
             if d is not None:
                 results[i] = d

@@ -76,7 +76,8 @@ def _device_name(device: str) -> str:
     return "cpu"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (for result files)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     stage_runs = min(args.repeats, 10) if args.stage_runs is None else args.stage_runs
     from slim_rt.export.onnx_export import versions
     results: dict = {
-        "model": model, "device": args.device, "device_name": _device_name(args.device), "cpu": _cpu_model(),
+        "model": model, "device": args.device, "device_name": _device_name(args.device), "cpu": cpu_model(),
         "threads": torch.get_num_threads(), "sizes": [f"{w}x{h}" for h, w in args.sizes], "batch": args.batch,
         "steps": args.steps, "rate": args.rate, "repeats": args.repeats, "warmup": args.warmup,
         "stage_runs": stage_runs, "versions": versions(), "backends": {},

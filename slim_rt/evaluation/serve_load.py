@@ -35,16 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from slim_rt.evaluation import results_dir
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from slim_rt.evaluation.latency import cpu_model
 
 
 def _free_ports(n: int) -> list[int]:
@@ -244,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     load_s = sum(p["wall_s"] for p in phases.values())
 
     import pytriton
-    device = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else _cpu_model()
+    device = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else cpu_model()
     tag = args.tag or ("cpu" if not args.device.startswith("cuda") else device.replace(" ", "-"))
     result = {
         "what": "closed-loop decode load test of slim-rt serve (Triton via PyTriton) on 127.0.0.1 vs in-process",
