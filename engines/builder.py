@@ -1,14 +1,15 @@
 """Build TensorRT engines from the ONNX files of an exported directory (TensorRT 10 Python API)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
 from pathlib import Path
 
 from slim_rt.errors import ModelLoadError, first_line
-from slim_rt.export.manifest import read_manifest, sha256_file, stage_files
-from slim_rt.export.specs import Geometry, Profile, stage_specs
+from slim_rt.export.manifest import MANIFEST_NAME, ExportManifest, read_manifest, sha256_file, stage_files
+from slim_rt.export.specs import Profile, stage_specs
 
 ENGINE_DIR = "trt"
 
@@ -45,15 +46,16 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", s).strip("-")
 
 
-def engine_identity(manifest: dict, key: str, gpu: str, trt_version: str) -> dict:
+def engine_identity(manifest: ExportManifest, key: str, gpu: str, trt_version: str) -> dict:
     """What an engine must match to be used."""
-    info = manifest["stages"][key]
-    return {"stage": key, "content_hash": manifest["content_hash"], "onnx_sha256": info["files"][info["onnx"]],
-            "gpu": gpu, "tensorrt": trt_version, "precision": manifest["precision"], "profile": manifest["profile"]}
+    info = manifest.stages[key]
+    return {"stage": key, "content_hash": manifest.content_hash, "onnx_sha256": info["files"][info["onnx"]],
+            "gpu": gpu, "tensorrt": trt_version, "precision": manifest.precision,
+            "profile": manifest.profile.to_json()}
 
 
-def engine_path(root: str | Path, manifest: dict, key: str, gpu: str, trt_version: str) -> Path:
-    name = f"{key.replace('/', '_')}-{manifest['content_hash'][:16]}-{_slug(gpu)}-trt{trt_version}.plan"
+def engine_path(root: str | Path, manifest: ExportManifest, key: str, gpu: str, trt_version: str) -> Path:
+    name = f"{key.replace('/', '_')}-{manifest.content_hash[:16]}-{_slug(gpu)}-trt{trt_version}.plan"
     return Path(root) / ENGINE_DIR / name
 
 
@@ -121,11 +123,11 @@ def build_engines(root: str | Path, stages: list[str] | None = None, timing_cach
     say = progress or (lambda s: print(s, file=sys.stderr, flush=True))
     root = Path(root)
     manifest = read_manifest(root)
-    specs = stage_specs(Geometry(**manifest["geometry"]))
-    profile = Profile.from_json(manifest["profile"])
+    specs = stage_specs(manifest.geometry)
+    profile = manifest.profile
     gpu = gpu_name(device)
     out: dict[str, Path] = {}
-    for key in stages or list(manifest["stages"]):
+    for key in stages or list(manifest.stages):
         onnx_path = stage_files(root, manifest, key)
         plan = engine_path(root, manifest, key, gpu, trt.__version__)
         ident = engine_identity(manifest, key, gpu, trt.__version__)
@@ -138,7 +140,7 @@ def build_engines(root: str | Path, stages: list[str] | None = None, timing_cach
             except EngineMismatchError:
                 pass
         try:
-            build_engine(onnx_path, specs[key], profile, manifest["precision"], plan, timing_cache)
+            build_engine(onnx_path, specs[key], profile, manifest.precision, plan, timing_cache)
         except Exception as e:
             msg = first_line(e)
             say(f"trt {key:<22} FAILED: {msg}")
@@ -150,9 +152,6 @@ def build_engines(root: str | Path, stages: list[str] | None = None, timing_cach
                 stale.with_suffix(".json").unlink(missing_ok=True)
         say(f"trt {key:<22} built {plan.name}")
         out[key] = plan
-    manifest.setdefault("trt", {})[gpu] = {"tensorrt": trt.__version__,
-                                           "engines": {k: str(p.relative_to(root)) for k, p in out.items()}}
-    tmp = root / "manifest.json.tmp"  # atomic: a reader never sees half a manifest
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(root / "manifest.json")
+    built = {"tensorrt": trt.__version__, "engines": {k: str(p.relative_to(root)) for k, p in out.items()}}
+    dataclasses.replace(manifest, trt={**(manifest.trt or {}), gpu: built}).to_json(root / MANIFEST_NAME)
     return out

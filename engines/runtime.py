@@ -10,8 +10,8 @@ from torch import Tensor
 
 from slim_rt.engines.builder import (EngineMismatchError, _trt, build_engines, check_engine, engine_identity,
                                      engine_path, gpu_name)
-from slim_rt.export.manifest import read_manifest
-from slim_rt.export.specs import Geometry, Profile, stage_specs
+from slim_rt.export.manifest import ExportManifest, read_manifest
+from slim_rt.export.specs import Profile, stage_specs
 
 
 def _torch_dtype(trt, dt) -> torch.dtype:
@@ -109,7 +109,7 @@ class TrtStage:
             return None
 
 
-def trt_stages(root: str | Path, manifest: dict | None = None, device="cuda", keys: list[str] | None = None,
+def trt_stages(root: str | Path, manifest: ExportManifest | None = None, device="cuda", keys: list[str] | None = None,
                rebuild: bool = False, use_graphs: bool = True) -> dict[str, TrtStage]:
     """TensorRT stages of an exported dir. A missing/stale/foreign engine raises EngineMismatchError,
     or is rebuilt first when rebuild=True."""
@@ -120,9 +120,9 @@ def trt_stages(root: str | Path, manifest: dict | None = None, device="cuda", ke
     if device.type != "cuda":
         raise ValueError("backend 'trt' needs device='cuda'")
     gpu = gpu_name(device)
-    specs = stage_specs(Geometry(**manifest["geometry"]))
-    profile = Profile.from_json(manifest["profile"])
-    keys = keys if keys is not None else list(manifest["stages"])
+    specs = stage_specs(manifest.geometry)
+    profile = manifest.profile
+    keys = keys if keys is not None else list(manifest.stages)
     out = {}
     for key in keys:
         plan = engine_path(root, manifest, key, gpu, trt.__version__)

@@ -2,7 +2,7 @@
 ORT parity checks, and the exported-directory manifest/loader.
 
 `specs` and `manifest` need only torch; `onnx_export` needs onnx + onnxruntime (extra "export")."""
-from slim_rt.export.manifest import MANIFEST_NAME, load_exported_model, read_manifest
+from slim_rt.export.manifest import MANIFEST_NAME, ExportManifest, load_exported_model, read_manifest
 from slim_rt.export.specs import Geometry, Profile, StageSpec, stage_specs
 
 
@@ -13,4 +13,4 @@ def export_model(*args, **kwargs):
 
 
 __all__ = ["Geometry", "Profile", "StageSpec", "stage_specs", "export_model", "MANIFEST_NAME",
-           "read_manifest", "load_exported_model"]
+           "ExportManifest", "read_manifest", "load_exported_model"]

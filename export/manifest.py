@@ -13,12 +13,14 @@ Only torch/safetensors are needed here (no onnx): runtimes import this module.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from slim_rt.errors import ModelLoadError, first_line
+from slim_rt.export.specs import Geometry, Profile
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "slim-rt-export/1"
@@ -32,7 +34,86 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def read_manifest(root: str | Path) -> dict:
+@dataclass(frozen=True)
+class ExportManifest:
+    """manifest.json, typed. JSON keys are the field names, written in this order (`extra`: keys this
+    version does not know, kept as they were); fields left None are not written."""
+    format: str
+    model: dict                    # name, source, fingerprint (hex), fingerprint4
+    base_configs: dict
+    precision: str
+    profile: Profile
+    geometry: Geometry
+    content_hash: str
+    stages: dict                   # {stage key: {"onnx": rel path, "files": {rel path: sha256}, "inputs", ...}}
+    opset: int | None = None
+    exporter: str | None = None
+    specs: dict | None = None
+    versions: dict | None = None
+    tolerance: dict | None = None
+    files: list | None = None
+    enhance: dict | None = None
+    trt: dict | None = None        # {gpu name: {"tensorrt": version, "engines": {stage key: rel path}}}
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    ORDER = ("format", "model", "base_configs", "precision", "opset", "exporter", "profile", "geometry", "specs",
+             "versions", "content_hash", "tolerance", "files", "enhance", "stages", "trt")
+    REQUIRED = {"format": str, "model": dict, "base_configs": dict, "precision": str, "profile": dict,
+                "geometry": dict, "content_hash": str, "stages": dict}
+
+    @property
+    def fingerprint(self) -> str:
+        return self.model["fingerprint"]
+
+    def to_dict(self) -> dict:
+        d = {}
+        for k in self.ORDER:
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v.to_json() if k == "profile" else dataclasses.asdict(v) if k == "geometry" else v
+        return {**d, **self.extra}
+
+    @classmethod
+    def from_dict(cls, m: dict, where: str = "manifest") -> "ExportManifest":
+        """Validate a parsed manifest; ModelLoadError (one line, naming `where`) when malformed."""
+        if not isinstance(m, dict):
+            raise ModelLoadError(f"{where}: malformed manifest (a JSON object expected, got {type(m).__name__})")
+        if m.get("format") != FORMAT:
+            raise ModelLoadError(f"{where}: unsupported export format {m.get('format')!r} (expected {FORMAT!r})")
+        for k, t in cls.REQUIRED.items():
+            if not isinstance(m.get(k), t):
+                raise ModelLoadError(f"{where}: malformed manifest: {k!r} is missing or not a {t.__name__}")
+        if not isinstance(m["model"].get("fingerprint"), str):
+            raise ModelLoadError(f"{where}: malformed manifest: 'model' has no 'fingerprint'")
+        for key, info in m["stages"].items():
+            if not (isinstance(info, dict) and isinstance(info.get("onnx"), str) and isinstance(info.get("files"), dict)):
+                raise ModelLoadError(f"{where}: malformed manifest: stage {key!r} lacks 'onnx' or 'files'")
+        try:
+            geometry, profile = Geometry(**m["geometry"]), Profile.from_json(m["profile"])
+        except (TypeError, KeyError) as e:
+            raise ModelLoadError(f"{where}: malformed manifest: bad geometry or profile ({first_line(e)})") from None
+        known = {k: m[k] for k in cls.ORDER if k in m}
+        return cls(**{**known, "geometry": geometry, "profile": profile},
+                   extra={k: v for k, v in m.items() if k not in known})
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ExportManifest":
+        p = Path(path)
+        try:
+            m = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{p}: unreadable manifest ({first_line(e)})") from None
+        return cls.from_dict(m, str(p))
+
+    def to_json(self, path: str | Path) -> None:
+        """Write atomically (tmp file + replace): a reader never sees half a manifest."""
+        p = Path(path)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(p)
+
+
+def read_manifest(root: str | Path) -> ExportManifest:
     root = Path(root)
     p = root / MANIFEST_NAME
     if not root.is_dir():
@@ -40,18 +121,12 @@ def read_manifest(root: str | Path) -> dict:
     if not p.is_file():
         raise ModelLoadError(f"{root} has no {MANIFEST_NAME}: not an exported model directory "
                              "(create one with `slim-rt export`)")
-    try:
-        m = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{p}: unreadable manifest ({e})") from None
-    if m.get("format") != FORMAT:
-        raise ModelLoadError(f"{p}: unsupported export format {m.get('format')!r} (expected {FORMAT!r})")
-    return m
+    return ExportManifest.from_json(p)
 
 
-def stage_files(root: Path, manifest: dict, key: str, verify: bool = True) -> Path:
+def stage_files(root: Path, manifest: ExportManifest, key: str, verify: bool = True) -> Path:
     """Path of a stage's ONNX file after checking it (and its external data) exist and match."""
-    info = manifest.get("stages", {}).get(key)
+    info = manifest.stages.get(key)
     if info is None:
         raise ModelLoadError(f"{root}: the export has no stage {key!r}")
     for rel, digest in info["files"].items():
@@ -86,7 +161,7 @@ class ExportedBase:
         return 2 ** (len(c.get("block_out_channels") or c["encoder_block_out_channels"]) - 1)
 
 
-def load_exported_model(root: str | Path, manifest: dict | None = None):
+def load_exported_model(root: str | Path, manifest: ExportManifest | None = None):
     """An exported dir -> SlimModel (config, compressors, tokenizer, scheduler; no base weights).
 
     The fingerprint is recomputed from the copied config and compressors and the base configs kept in
@@ -105,13 +180,13 @@ def load_exported_model(root: str | Path, manifest: dict | None = None):
             raise ModelLoadError(f"{root}/tokenizer: cannot load ({first_line(e)})") from None
     sched_file = root / "scheduler" / "scheduler_config.json"
     sched = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
-    base = ExportedBase(tokenizer, sched, manifest["base_configs"], str(root))
-    fp = fingerprint(cfg, comps, manifest["base_configs"])
-    if fp != manifest["model"]["fingerprint"]:
+    base = ExportedBase(tokenizer, sched, manifest.base_configs, str(root))
+    fp = fingerprint(cfg, comps, manifest.base_configs)
+    if fp != manifest.fingerprint:
         raise ModelLoadError(f"{root}: the config/compressor files do not match the exported model "
-                             f"(fingerprint {fp[:8]} != {manifest['model']['fingerprint'][:8]})")
+                             f"(fingerprint {fp[:8]} != {manifest.fingerprint[:8]})")
     return SlimModel(cfg, base, comps, root, fp)
 
 
-__all__ = ["MANIFEST_NAME", "FORMAT", "read_manifest", "stage_files", "load_exported_model", "ExportedBase",
+__all__ = ["MANIFEST_NAME", "FORMAT", "ExportManifest", "read_manifest", "stage_files", "load_exported_model", "ExportedBase",
            "sha256_file"]

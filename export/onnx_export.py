@@ -14,7 +14,6 @@ fp32; `precision` applies to the base stages (VAE, text encoder, UNet).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 
 from slim_rt.backends import stage_networks
 from slim_rt.errors import SlimError, first_line
-from slim_rt.export.manifest import FORMAT, MANIFEST_NAME, sha256_file
+from slim_rt.export.manifest import FORMAT, MANIFEST_NAME, ExportManifest, sha256_file
 from slim_rt.export.specs import PRECISIONS, Geometry, Profile, StageSpec, specs_json, stage_specs
 from slim_rt.models.slim import hash_tensors
 
@@ -191,7 +190,7 @@ def _copy_model_files(model, out: Path) -> list[str]:
 def export_model(model_or_path, out_dir: str | Path, *, precision: str = "fp32", opset: int = 17,
                  size: tuple[int, int] = (256, 256), batch: int = 1, min_size: tuple[int, int] | None = None,
                  max_size: tuple[int, int] | None = None, stages: list[str] | None = None, check: bool = True,
-                 local_files_only: bool = True, progress: Callable[[str], None] | None = None) -> dict:
+                 local_files_only: bool = True, progress: Callable[[str], None] | None = None) -> ExportManifest:
     """Export every stage (or `stages`) to `out_dir`; returns the manifest (also written to disk)."""
     from slim_rt.models.slim import SlimModel
 
@@ -229,22 +228,22 @@ def export_model(model_or_path, out_dir: str | Path, *, precision: str = "fp32",
         model.base.to("cpu", pdtype)
 
     files = _copy_model_files(model, out)
-    manifest = {
-        "format": FORMAT,
-        "model": {"name": model.config.name, "source": str(model.root), "fingerprint": model.fingerprint_hex,
-                  "fingerprint4": model.fingerprint.hex()},
-        "base_configs": model.base.configs(),
-        "precision": precision, "opset": opset, "exporter": "torch.onnx.export(dynamo=False)",
-        "profile": profile.to_json(), "geometry": dataclasses.asdict(geom),
-        "specs": json.loads(specs_json(specs)),
-        "versions": versions(),
-        "content_hash": chash,
-        "tolerance": {"metric": "max|ort - torch| / max|torch| (torch fp32 reference)",
-                      "max_rel": TOLERANCE[precision]},
-        "files": files,
-        "enhance": enhance_schedules(model),
-        "stages": {},
-    }
+    manifest = ExportManifest(
+        format=FORMAT,
+        model={"name": model.config.name, "source": str(model.root), "fingerprint": model.fingerprint_hex,
+               "fingerprint4": model.fingerprint.hex()},
+        base_configs=model.base.configs(),
+        precision=precision, opset=opset, exporter="torch.onnx.export(dynamo=False)",
+        profile=profile, geometry=geom,
+        specs=json.loads(specs_json(specs)),
+        versions=versions(),
+        content_hash=chash,
+        tolerance={"metric": "max|ort - torch| / max|torch| (torch fp32 reference)",
+                   "max_rel": TOLERANCE[precision]},
+        files=files,
+        enhance=enhance_schedules(model),
+        stages={},  # filled stage by stage (a failed export leaves the stages done so far)
+    )
     for k in keys:
         spec = specs[k]
         t0 = time.perf_counter()
@@ -273,15 +272,15 @@ def export_model(model_or_path, out_dir: str | Path, *, precision: str = "fp32",
                 del sess
             entry["parity"] = parity
             entry["export_s"] = round(t_exp, 3)
-            manifest["stages"][k] = entry
+            manifest.stages[k] = entry
             worst = max((p["max_rel"] for p in parity.values() if isinstance(p, dict)), default=float("nan"))
             say(f"export {k:<22} ok  {t_exp:6.1f} s  " + (f"max rel err {worst:.1e}" if check else "not checked"))
         except Exception as e:
             msg = first_line(e)
             say(f"export {k:<22} FAILED: {msg}")
-            _write_manifest(out, manifest)
+            manifest.to_json(out / MANIFEST_NAME)
             raise ExportError(f"stage {k}: {msg}") from e
-    _write_manifest(out, manifest)
+    manifest.to_json(out / MANIFEST_NAME)
     return manifest
 
 
@@ -299,12 +298,6 @@ def enhance_schedules(model) -> dict:
 def shp_of(spec: StageSpec, s: dict, pname: str) -> tuple[int, ...]:
     inp = s[pname][0]
     return tuple(inp[spec.input_names[0]].shape)
-
-
-def _write_manifest(out: Path, manifest: dict) -> None:
-    tmp = out / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    tmp.replace(out / MANIFEST_NAME)
 
 
 __all__ = ["export_model", "content_hash", "stage_modules", "ExportError", "TOLERANCE", "versions",

@@ -106,11 +106,11 @@ def _make_engine_pipeline(export_dir, backend, device, stages=None, overrides=No
         c.to(device)
     stages, overrides = dict(stages or {}), dict(overrides or {})
     for key, kind in overrides.items():
-        if key not in manifest["stages"] and key not in stages:
+        if key not in manifest.stages and key not in stages:
             raise ValueError(f"override for unknown stage {key!r}")
         if kind not in ("ort", "trt", "torch"):
             raise ValueError(f"override {key!r}: backend must be 'ort', 'trt' or 'torch', got {kind!r}")
-    wanted = {k: overrides.get(k, backend) for k in manifest["stages"] if k not in stages}
+    wanted = {k: overrides.get(k, backend) for k in manifest.stages if k not in stages}
     built: dict = {}
     ort_keys = [k for k, b in wanted.items() if b == "ort"]
     if ort_keys:

@@ -357,8 +357,8 @@ def _warmup_size(cfg: ServeConfig) -> tuple[int, int] | None:
     if cfg.warmup is None or cfg.backend not in ("ort", "trt"):
         return cfg.warmup
     from slim_rt.export.manifest import read_manifest
-    opt = read_manifest(cfg.export_dir).get("profile", {}).get("opt")  # engines: their optimal shape
-    return (int(opt[1]), int(opt[2])) if opt else cfg.warmup
+    opt = read_manifest(cfg.export_dir).profile.opt  # engines: their optimal (batch, height, width)
+    return int(opt[1]), int(opt[2])
 
 
 class Server:

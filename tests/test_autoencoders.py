@@ -151,7 +151,7 @@ def test_half_precision_exports_check_parity(tmp_path, precision):
         if any(m in str(e) for m in ("NOT_IMPLEMENTED", "Could not find an implementation", "INVALID_GRAPH")):
             pytest.skip(f"ONNX Runtime (CPU) cannot run {precision} here: {e}")
         raise
-    entry = m["stages"]["vae_decoder"]
+    entry = m.stages["vae_decoder"]
     assert entry["dtype"] == precision and entry["parity"]["tolerance"] > 0
     sess = ort_session(tmp_path / "onnx" / entry["onnx"])
     dt = torch.float16 if precision == "fp16" else torch.bfloat16

@@ -7,6 +7,7 @@ is meaningless near zero), tolerance 1e-4 for fp32.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -51,14 +52,14 @@ def test_specs_single_source_of_truth(codec):
 def test_manifest(exported, codec):
     out, m = exported
     model = codec[0].model
-    assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(m))
-    assert m["opset"] == 17 and m["precision"] == "fp32"
-    assert set(m["versions"]) >= {"torch", "onnx", "onnxruntime", "tensorrt"}
-    assert m["versions"]["onnxruntime"] is not None
-    assert m["model"]["fingerprint"] == model.fingerprint_hex
-    assert len(m["content_hash"]) == 64
-    assert set(m["stages"]) == set(m["specs"])
-    for key, st in m["stages"].items():
+    assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(m.to_dict()))
+    assert m.opset == 17 and m.precision == "fp32"
+    assert set(m.versions) >= {"torch", "onnx", "onnxruntime", "tensorrt"}
+    assert m.versions["onnxruntime"] is not None
+    assert m.fingerprint == model.fingerprint_hex
+    assert len(m.content_hash) == 64
+    assert set(m.stages) == set(m.specs)
+    for key, st in m.stages.items():
         for rel in st["files"]:
             assert (out / rel).is_file(), rel
         for probe in ("opt", "min"):
@@ -67,6 +68,28 @@ def test_manifest(exported, codec):
     for rel in ("slim_config.json", "compressor/rate0.safetensors", "compressor/rate1.safetensors",
                 "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json"):
         assert (out / rel).is_file(), rel
+
+
+def test_manifest_round_trip_and_malformed(exported, tmp_path):
+    """ExportManifest reads and writes manifest.json byte for byte; a malformed one is a one-line ModelLoadError."""
+    from slim_rt.export.manifest import ExportManifest, read_manifest
+    src = exported[0] / "manifest.json"
+    m = read_manifest(exported[0])
+    m.to_json(tmp_path / "manifest.json")
+    assert (tmp_path / "manifest.json").read_bytes() == src.read_bytes()
+    assert not (tmp_path / "manifest.json.tmp").exists()
+    assert dataclasses.replace(m, trt={"gpu": {}}).to_dict()["trt"] == {"gpu": {}}
+    good = json.loads(src.read_text())
+    bad = {"not json": "{", "no geometry": {k: v for k, v in good.items() if k != "geometry"},
+           "bad geometry": {**good, "geometry": {"N": 1}}, "no fingerprint": {**good, "model": {}},
+           "stage without onnx": {**good, "stages": {"unet": {"files": {}}}}, "list": [1],
+           "other format": {**good, "format": "x/9"}}
+    for why, m in bad.items():
+        f = tmp_path / "bad.json"
+        f.write_text(m if isinstance(m, str) else json.dumps(m))
+        with pytest.raises(ModelLoadError, match=r"bad\.json: (unreadable|malformed|unsupported)") as e:
+            ExportManifest.from_json(f)
+        assert "\n" not in str(e.value), why
 
 
 def test_ort_parity_fresh_inputs(exported, codec):
@@ -292,8 +315,7 @@ def test_trt_refuses_stale_engine(exported, tmp_path):
     d = tmp_path / "trt"
     shutil.copytree(exported[0], d)
     build_engines(d, stages=["hyper_synthesis/r0"])
-    m = read_manifest(d)
-    m["content_hash"] = "0" * 64
+    m = dataclasses.replace(read_manifest(d), content_hash="0" * 64)
     with pytest.raises(EngineMismatchError):
         trt_stages(d, m, "cuda", ["hyper_synthesis/r0"], rebuild=False)
 

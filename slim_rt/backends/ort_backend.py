@@ -13,11 +13,15 @@ from __future__ import annotations
 import threading
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from slim_rt.errors import ModelLoadError, first_line
+
+if TYPE_CHECKING:
+    from slim_rt.export.manifest import ExportManifest
 
 _ORT_TO_TORCH = {
     "tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16,
@@ -133,11 +137,11 @@ class OrtStage:
                 for n, v in zip(self.outputs, binding.get_outputs())}
 
 
-def ort_stages(root: str | Path, manifest: dict | None = None, device="cpu", providers: list | None = None,
+def ort_stages(root: str | Path, manifest: ExportManifest | None = None, device="cpu", providers: list | None = None,
                keys: list[str] | None = None, verify: bool = True, threads: int = 0) -> dict[str, OrtStage]:
     """Sessions for the stages of an exported directory (all, or `keys`)."""
     from slim_rt.export.manifest import read_manifest, stage_files
-    from slim_rt.export.specs import Geometry, stage_specs
+    from slim_rt.export.specs import stage_specs
 
     try:
         import onnxruntime  # noqa: F401
@@ -145,10 +149,10 @@ def ort_stages(root: str | Path, manifest: dict | None = None, device="cpu", pro
         raise ModelLoadError("backend 'ort' needs onnxruntime (pip install 'slim-rt[export]')") from None
     root = Path(root)
     manifest = manifest or read_manifest(root)
-    specs = stage_specs(Geometry(**manifest["geometry"]))
+    specs = stage_specs(manifest.geometry)
     providers = providers or default_providers(device)
     out = {}
-    for key in (keys if keys is not None else list(manifest["stages"])):
+    for key in (keys if keys is not None else list(manifest.stages)):
         path = stage_files(root, manifest, key, verify=verify)
         out[key] = OrtStage(key, path, providers, device, specs.get(key), threads)
     return out
