@@ -16,26 +16,14 @@ from slim_rt import bitstream as bsf
 from slim_rt.captions import Captioner, ClassifierCaptioner
 from slim_rt.errors import ResourceLimitError
 from slim_rt.images import to_pil, to_tensor
+from slim_rt.models.registry import DEFAULT_MODEL, default_model  # noqa: F401 (api names)
 from slim_rt.models.slim import SlimModel
 from slim_rt.pipeline import Pipeline
 
-DEFAULT_MODEL = "slim-tiny"
 # Pixels one call may process (per image, and per batch of same-size images) unless the caller
 # raises it; peak memory grows linearly with pixels (docs/memory.md), so this bounds memory and work
 # before any is done - a 38-byte file declaring 8192x4880 is refused from its header.
 DEFAULT_MAX_PIXELS = 2048 * 2048
-
-
-def default_model(note=None) -> str:
-    """The model used when none is named: slim-tiny when bundled, else the untrained tiny random model
-    (its folder path); `note(msg)` hears about the fallback."""
-    from slim_rt.models.slim import bundled_dir
-    if bundled_dir(DEFAULT_MODEL) is not None:
-        return DEFAULT_MODEL
-    from slim_rt.testing import tiny_random_cache_dir
-    if note is not None:
-        note(f"{DEFAULT_MODEL} is not bundled in this build; using the untrained tiny random model")
-    return str(tiny_random_cache_dir())
 
 
 def _budget_chunks(idx: list[int], w: int, h: int, max_pixels: int, who: str) -> list[list[int]]:

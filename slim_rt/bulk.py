@@ -39,7 +39,8 @@ import warnings
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from slim_rt.api import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, ENGINE_BACKENDS
+from slim_rt.api import DEFAULT_MAX_PIXELS, ENGINE_BACKENDS
+from slim_rt.models.registry import DEFAULT_MODEL
 from slim_rt.errors import first_line as _line
 from slim_rt.images import IMAGE_EXTS
 
@@ -608,8 +609,8 @@ def _check_model(cfg: BulkConfig) -> BulkConfig:
     """Fail before Ray starts when the model (or export) is not here; local paths become absolute, so
     workers find them whatever their working folder (on a cluster: the same path on every node)."""
     from slim_rt.errors import ModelLoadError
-    from slim_rt.models.slim import BUNDLED
-    from slim_rt.models.slim import resolve as resolve_model
+    from slim_rt.models.registry import MODELS
+    from slim_rt.models.registry import resolve as resolve_model
     if cfg.backend in ENGINE_BACKENDS:
         if not cfg.export_dir or not os.path.isdir(cfg.export_dir):
             raise BulkError(f"backend {cfg.backend!r} needs an exported directory: --export-dir "
@@ -620,7 +621,7 @@ def _check_model(cfg: BulkConfig) -> BulkConfig:
         path = resolve_model(model)
     except ModelLoadError as e:
         raise BulkError(str(e)) from None
-    return cfg if model in BUNDLED else replace(cfg, model=str(path.resolve()))
+    return cfg if model in MODELS else replace(cfg, model=str(path.resolve()))
 
 
 def _stop_reason(e: BaseException) -> str:

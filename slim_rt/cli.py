@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from slim_rt.errors import first_line
+from slim_rt.models.registry import MODEL_HELP
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
                   ".tif": "TIFF", ".tiff": "TIFF"}
@@ -24,7 +25,7 @@ def _err(msg: str, code: int = 2) -> int:
 
 
 def _default_model() -> str:
-    from slim_rt.api import default_model
+    from slim_rt.models.registry import default_model
     return default_model(lambda msg: print(f"slim-rt: note: {msg}", file=sys.stderr))
 
 
@@ -323,7 +324,7 @@ def cmd_bench(args) -> int:
 def _add_deploy_commands(sub) -> None:
     """`slim-rt export` and `slim-rt bench` (issue 4)."""
     p = sub.add_parser("export", help="export a model to ONNX (+ TensorRT engines) for deployment")
-    p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output directory (self-contained for decoding)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--opset", type=int, default=17)
@@ -363,7 +364,7 @@ def _add_serve_command(sub) -> None:
     """`slim-rt serve` (issue 14): Triton Inference Server through PyTriton (slim_rt.serve)."""
     from slim_rt.api import DEFAULT_MAX_PIXELS
     p = sub.add_parser("serve", help="serve slim_decode/slim_encode on NVIDIA Triton Inference Server (PyTriton)")
-    p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--backend", default="torch", choices=["torch", "torch.compile", "compiled", "ort", "trt"])
     p.add_argument("--export-dir", help="exported directory (slim-rt export) for --backend ort|trt")
     p.add_argument("--text-encoder", help="a context-table folder to use in place of the model's text encoder")
@@ -407,7 +408,7 @@ def cmd_eval(args) -> int:
 
 def _common(p: argparse.ArgumentParser, enc: bool) -> None:
     from slim_rt.api import DEFAULT_MAX_PIXELS
-    p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images over this many pixels (default {DEFAULT_MAX_PIXELS}; memory: docs/memory.md)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")

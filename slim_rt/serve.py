@@ -45,6 +45,7 @@ import numpy as np
 
 from slim_rt.errors import first_line
 from slim_rt.images import open_image_bytes
+from slim_rt.models.registry import DEFAULT_MODEL
 
 DECODE_MODEL = "slim_decode"
 ENCODE_MODEL = "slim_encode"
@@ -346,7 +347,7 @@ def build_codecs(cfg: ServeConfig, device: str):
     else:
         if cfg.export_dir:
             raise ValueError(f"--export-dir is for the ort and trt backends, not {cfg.backend!r}")
-        dec = slim_rt.Decoder.from_pretrained(cfg.model or slim_rt.api.DEFAULT_MODEL, device=device,
+        dec = slim_rt.Decoder.from_pretrained(cfg.model or DEFAULT_MODEL, device=device,
                                               backend=cfg.backend, max_pixels=max_pixels,
                                               text_encoder=cfg.text_encoder)
     enc = slim_rt.Encoder(dec.pipeline, rate=cfg.rate, max_pixels=max_pixels)

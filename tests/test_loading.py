@@ -65,10 +65,27 @@ def test_slim_tiny_bundled_loads():
 
 
 def test_unbundled_name_is_a_clear_error(monkeypatch):
-    from slim_rt.models import slim
-    monkeypatch.setattr(slim, "bundled_dir", lambda name: None)
+    from slim_rt.models import registry
+    monkeypatch.setattr(registry, "bundled_dir", lambda name: None)
     with pytest.raises(ModelLoadError, match="not bundled"):
-        slim.resolve("slim-tiny")
+        SlimModel.from_pretrained("slim-tiny")
+    from slim_rt import testing
+    monkeypatch.setattr(testing, "tiny_random_cache_dir", lambda: "/cache/tiny-random")
+    notes = []
+    assert registry.default_model(notes.append) == "/cache/tiny-random" and "not bundled" in notes[0]
+
+
+def test_registry_names_models_in_one_place(tmp_path):
+    """Every name lookup goes through models.registry; an unknown name lists the known ones."""
+    from slim_rt.models import registry
+    assert registry.DEFAULT_MODEL in registry.names() and registry.MODELS[registry.DEFAULT_MODEL].description
+    with pytest.raises(ModelLoadError, match="unknown model name 'slim-huge' \\(known: slim-tiny"):
+        registry.bundled_dir("slim-huge")
+    with pytest.raises(ModelLoadError, match="no SLIM model directory at 'slim-huge'.*model name: slim-tiny"):
+        SlimModel.from_pretrained("slim-huge")
+    if registry.bundled_dir("slim-tiny") is not None:
+        assert registry.resolve("slim-tiny") == registry.bundled_dir("slim-tiny")
+        assert registry.default_model() == "slim-tiny"
 
 
 def _codec_outputs(model_dir, image):

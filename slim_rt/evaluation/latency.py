@@ -36,6 +36,7 @@ import torch
 
 from slim_rt.errors import first_line
 from slim_rt.evaluation import results_dir
+from slim_rt.models.registry import MODEL_HELP, default_model
 
 
 def _rss_mb() -> float:
@@ -248,7 +249,7 @@ def _load_codecs(args, model, device) -> tuple[dict, object]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="slim-rt bench latency", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="SLIM model dir or name (default: slim-tiny, else the tiny random model)")
+    ap.add_argument("--model", help=MODEL_HELP + "; else the tiny random model")
     ap.add_argument("--text-encoder", help="a context-table folder in place of the model's text encoder")
     ap.add_argument("--sizes", type=parse_size, nargs="+", default=[parse_size("256"), parse_size("512")])
     ap.add_argument("--batch", type=int, nargs="+", default=[1])
@@ -272,7 +273,6 @@ def main(argv: list[str] | None = None) -> int:
     deadline = t0 + args.time_budget_s if args.time_budget_s else float("inf")
 
     import slim_rt
-    from slim_rt.api import default_model
 
     model = args.model or default_model(lambda msg: print(f"bench: {msg}", file=sys.stderr))
     if args.steps is None:

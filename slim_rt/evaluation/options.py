@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from slim_rt.models.registry import MODEL_HELP
+
 
 def ints(tokens) -> list[int] | None:
     """["0,1", "2"] -> [0, 1, 2]; None for no tokens."""
@@ -14,7 +16,7 @@ def ints(tokens) -> list[int] | None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `slim-rt eval` (and of benchmarks/eval.py)."""
     p.add_argument("--data", required=True, help="image folder with labels.csv")
-    p.add_argument("--model", help="model name or SLIM model directory (default: slim-tiny)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--out-dir", help="results folder (default: benchmarks/results in a source "
                                           "checkout, else ./slim-rt-results)")
     p.add_argument("--limit", type=int, help="first N images only")

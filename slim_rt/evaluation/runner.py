@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from slim_rt.api import default_model
+from slim_rt.models.registry import default_model
 from slim_rt.evaluation import results_dir
 from slim_rt.evaluation.baselines import (ENVELOPE, QUALITIES, avif_status, classical_settings, pil_decode,
                                           pil_encode, reuse_baselines)

@@ -36,6 +36,7 @@ import numpy as np
 
 from slim_rt.evaluation import results_dir
 from slim_rt.evaluation.latency import cpu_model
+from slim_rt.models.registry import DEFAULT_MODEL
 
 
 def _free_ports(n: int) -> list[int]:
@@ -186,7 +187,7 @@ def _server_phase(args, max_batch, delay_us, datas, refs, share_s, log_dir) -> d
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="slim-rt bench serve", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="slim-tiny")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--export-dir")
     ap.add_argument("--text-encoder", help="a context-table folder in place of the model's text encoder")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -21,33 +20,9 @@ from slim_rt.config import CONFIG_NAME, SlimConfig
 from slim_rt.errors import ModelLoadError, first_line
 from slim_rt.models.base import BaseModel, load_base, save_base
 from slim_rt.models.compressor import SlimCompressor
+from slim_rt.models.registry import bundled_dir, resolve  # noqa: F401 (names -> folders live there)
 
-BUNDLED = ("slim-tiny",)
 _ENTROPY_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
-
-
-def bundled_dir(name: str) -> Path | None:
-    """Path of a model shipped inside the package, or None when this build lacks it."""
-    p = Path(str(resources.files("slim_rt"))) / "weights" / name
-    return p if (p / CONFIG_NAME).is_file() else None
-
-
-def resolve(name_or_path: str | Path) -> Path:
-    """A bundled name or a local SLIM model directory -> its path (ModelLoadError otherwise)."""
-    s = str(name_or_path)
-    if s in BUNDLED:
-        p = bundled_dir(s)
-        if p is None:
-            raise ModelLoadError(f"model {s!r} is not bundled in this build of slim-rt")
-        return p
-    p = Path(s).expanduser()
-    if not p.is_dir():
-        raise ModelLoadError(f"no SLIM model directory at {s!r} (give a directory with {CONFIG_NAME} "
-                             f"or one of {', '.join(BUNDLED)})")
-    if not (p / CONFIG_NAME).is_file():
-        raise ModelLoadError(f"{s} has no {CONFIG_NAME}: not a SLIM model directory "
-                             "(a plain diffusers base needs a trained compressor: see `slim-rt train`)")
-    return p
 
 
 def compressor_state(comp: SlimCompressor) -> dict[str, torch.Tensor]:
