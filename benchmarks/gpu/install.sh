@@ -10,10 +10,11 @@
 #      those subpackages: only the editable finder (or links inside slim_rt/) completes it. If the install
 #      fails, links slim_rt/<sub> -> ../<folder> are made in this (throwaway) working tree instead;
 #   4. checks the imports from the repo root and from elsewhere; returns non-zero with a clear message.
-# SLIM_PYTHON (default python3) and SLIM_SITE (default /tmp/slim-site) override the interpreter and target.
+# SLIM_PYTHON (default python3) and SLIM_SITE (default /tmp/slim-site) override the interpreter and target;
+# SLIM_JOB (default .gpu-job) the folder that travelled (benchmarks/gpu/train.sh uses .train-job).
 
 _slim_install() {
-    local py="${SLIM_PYTHON:-python3}" site="${SLIM_SITE:-/tmp/slim-site}" root="$PWD" job="$PWD/.gpu-job"
+    local py="${SLIM_PYTHON:-python3}" site="${SLIM_SITE:-/tmp/slim-site}" root="$PWD" job="${SLIM_JOB:-$PWD/.gpu-job}"
     local mods="diffusers, compressai, constriction, slim_rt, slim_rt.kernels, slim_rt.export, slim_rt.engines"
     if [ ! -f "$root/pyproject.toml" ] || [ ! -d "$root/slim_rt" ]; then
         echo "install.sh: FAILED: source it from the slim-rt repo root (here: $root)" >&2

@@ -1,0 +1,73 @@
+"""Joint device-resident training (slim_rt.training.joint) on CPU: pack, both phases, assemble, code."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import slim_rt
+from slim_rt.captions import FixedCaptioner
+from slim_rt.training.joint import load_states, main, parse_points, save_states
+
+
+def test_points_parse_and_reject():
+    assert [(p.scale, p.target) for p in parse_points("0.5:0.012,1:0.1")] == [(0.5, 0.012), (1.0, 0.1)]
+    for bad in ("", "0.5", "2:0.1", "0.5:-1", "a:b"):
+        with pytest.raises(ValueError, match="scale"):
+            parse_points(bad)
+
+
+def test_pack_train_assemble_and_code(tmp_path):
+    from slim_rt.testing import build_tiny_base
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):  # smooth images with some texture, one of them portrait
+        h, w = (150, 130) if i == 0 else (130, 170)
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        img = np.stack([np.sin(6 * xx + i), np.cos(5 * yy - i), xx * yy], -1) * 0.4 + 0.5
+        img += rng.normal(0, 0.05, img.shape)
+        Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(data / f"im{i}.png")
+    pack = tmp_path / "pack.pt"
+    main(["pack", "--data", str(data), "--size", "128", "--out", str(pack)])
+    packed = torch.load(pack, weights_only=False)
+    assert len(packed["webp"]) == 6 and packed["mask"].shape == (6, 16, 16) and packed["size"] == 128
+    assert packed["label"].tolist() == [-1] * 6  # no labels.csv: unlabelled (the machine term needs none)
+
+    base = build_tiny_base(tmp_path / "base", seed=1, autoencoder="tae")
+    out = tmp_path / "train"
+    main(["train", "--pack", str(pack), "--base", str(base), "--points", "0.5:0.05,1:0.2", "--preset", "test",
+          "--batch", "4", "--latent-seconds", "4", "--machine-seconds", "4", "--out", str(out)])
+    meta = json.loads((out / "points.json").read_text())
+    assert set(meta["phases"]) == {"latent", "machine"} and meta["images"] == 6
+    assert all(meta["phases"][p]["steps"] > 0 for p in meta["phases"])
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any("kl" in pt for rec in logs if rec.get("phase") == "machine" and "points" in rec for pt in rec["points"])
+    lat, mach = load_states(out, "latent"), load_states(out, "machine")
+    assert set(lat) == set(mach) == {0, 1}
+    for r in range(2):  # the machine phase moved the weights the latent phase left
+        a, b = lat[r], mach[r]
+        assert set(a) == set(b) and any(not torch.equal(a[k], b[k]) for k in a)
+    save_states(tmp_path / "chunks", "x", [lat[0], lat[1]], max_bytes=1)  # one point a file when they must
+    assert len(list((tmp_path / "chunks").glob("x-*.safetensors"))) == 2
+    assert all(torch.equal(load_states(tmp_path / "chunks", "x")[1][k], lat[1][k]) for k in lat[1])
+
+    model = tmp_path / "model"
+    main(["assemble", str(out), "--phase", "machine", "--base", str(base), "--rates", "1,0", "--name", "joint",
+          "--out", str(model)])
+    cfg = slim_rt.config.SlimConfig.load(model)
+    assert cfg.scales == (1.0, 0.5) and cfg.autoencoder == "tae" and len(cfg.rates) == 2
+    enc = slim_rt.Encoder.from_pretrained(str(model), captioner=FixedCaptioner("a cat"), steps=0)
+    dec = slim_rt.Decoder(enc.pipeline)
+    img = torch.rand(3, 64, 96)
+    sizes = []
+    for rate in (0, 1):
+        bits = enc.encode(img, rate=rate)
+        out_img = dec.decode(bits, output="tensor")
+        assert out_img.shape == (3, 64, 96) and torch.isfinite(out_img).all()
+        sizes.append(len(bits))
+    with pytest.raises(ValueError, match="no trained"):
+        from slim_rt.training.joint import assemble
+        (out / "points.json").write_text(json.dumps({**meta, "phases": {"latent": meta["phases"]["latent"]}}))
+        assemble(out, "machine", base, tmp_path / "m2")
