@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 import slim_rt
 from slim_rt.captions import FixedCaptioner
@@ -38,6 +39,12 @@ def test_overrides():
         with_overrides(cfg, ["nope=1"])
 
 
+def _changed(before: dict, after: dict) -> int:
+    """How many tensors of a state dict differ after training (same keys required)."""
+    assert set(before) == set(after)
+    return sum(not torch.equal(before[k].to(after[k].dtype), after[k]) for k in before)
+
+
 def test_all_stages_train_resume_and_load(data, tmp_path):
     base = tmp_path / "base"
     assert main(["train", "base-vae", "--data", str(data), "--out", str(base), "--preset", "smoke-vae"]) == 0
@@ -51,11 +58,16 @@ def test_all_stages_train_resume_and_load(data, tmp_path):
     assert main(["train", "compressor", "--data", str(data), "--out", str(comp), "--base", str(unet),
                  "--preset", "smoke-compressor"]) == 0
     assert len(list((comp / "roi-cache").glob("*.png"))) == 4  # Grad-CAM masks cached
-    # resume: more steps continue from the checkpoint
+    vae_file = "vae/diffusion_pytorch_model.safetensors"
+    assert _changed(load_file(str(base / vae_file)), load_file(str(unet / vae_file))) == 0  # base-unet: VAE kept
+    rates = [load_file(str(comp / "compressor" / f"rate{r}.safetensors")) for r in (0, 1)]
+    # resume: more steps continue from the checkpoint, and move only the resumed rate's weights
     assert main(["train", "compressor", "--data", str(data), "--out", str(comp), "--base", str(unet),
                  "--preset", "smoke-compressor", "--set", "steps=4", "--set", "rate=0"]) == 0
     steps = [json.loads(line)["step"] for line in (comp / "rate0" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+    assert _changed(rates[0], load_file(str(comp / "compressor" / "rate0.safetensors"))) > len(rates[0]) // 2
+    assert _changed(rates[1], load_file(str(comp / "compressor" / "rate1.safetensors"))) == 0
     turbo = tmp_path / "comp-turbo"  # the SD-Turbo preset: the assembled model gets the one-step schedule
     shutil.copytree(comp, turbo)
     assemble(turbo, unet, with_overrides(PRESETS["smoke-compressor"], ["enhance_preset=sd-turbo"]), "t")
@@ -65,11 +77,15 @@ def test_all_stages_train_resume_and_load(data, tmp_path):
                  "--preset", "smoke-enhancer"]) == 0
     assert (enh / "base" / "unet" / "config.json").is_file() and (enh / "base" / "vae").is_dir()
     assert (enh / "slim_config.json").is_file()  # the teacher is a SLIM model directory
+    unet_file = "unet/diffusion_pytorch_model.safetensors"
+    init_unet, teacher = load_file(str(unet / unet_file)), load_file(str(enh / "base" / unet_file))
+    assert _changed(init_unet, teacher) > len(init_unet) // 2  # the enhancer fine-tuned the base UNet
     dist = tmp_path / "dist"
     assert main(["train", "distill", "--data", str(data), "--out", str(dist), "--base", str(enh),
                  "--preset", "smoke-distill"]) == 0
     student = SlimConfig.load(dist)
     assert student.enhance.distilled == (1, 2) and student.enhance.steps == 1
+    assert _changed(teacher, load_file(str(dist / "base" / unet_file))) > len(teacher) // 2  # the student moved
     enc = slim_rt.Encoder.from_pretrained(str(dist), captioner=FixedCaptioner("a photo of a cat"))
     data_k = enc.encode(Image.fromarray((np.random.rand(64, 64, 3) * 255).astype(np.uint8)), rate=0)
     assert slim_rt.inspect(data_k)["steps"] == 1  # the student's K is the encoder's suggestion
@@ -82,11 +98,38 @@ def test_all_stages_train_resume_and_load(data, tmp_path):
     assert dec.decode(enc.encode(img, rate=1)).size == (80, 64)
 
 
+def test_compressor_loss_falls_on_a_fixed_batch(data, tmp_path):
+    """The compressor stage's optimizer groups and loss train it: a dozen steps on one batch lower the
+    rate-distortion loss, the RoI distortion, the rate and the bottleneck's aux loss, and move its weights."""
+    from slim_rt.testing import build_tiny_base
+    from slim_rt.training.data import ImageFolder
+    from slim_rt.training.masks import MaskProvider
+    from slim_rt.training.stages import CompressorStage
+    from slim_rt.training.trainer import _collate
+    torch.manual_seed(0)
+    cfg = with_overrides(PRESETS["smoke-compressor"], ["roi=none"])
+    ds = ImageFolder(data, cfg.crop, cfg.resize, align=8, train=False)
+    stage = CompressorStage(cfg, build_tiny_base(tmp_path / "base", seed=0), 2.0, MaskProvider("none", ds), ds)
+    batch = _collate([ds[0], ds[1]])
+    init = {k: v.clone() for k, v in stage.comp.state_dict().items()}
+    opt = torch.optim.Adam([{"params": p, "lr": lr} for p, lr in stage.parameters_groups()])
+    stage.comp.eval()  # deterministic (rounding, no quantization noise): the same batch, the same loss surface
+    logs = []
+    for step in range(12):
+        loss, log = stage.loss(batch, step)
+        logs.append(log)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    first, last = logs[0], logs[-1]
+    assert last["loss"] < 0.8 * first["loss"] and last["mse_roi"] < 0.7 * first["mse_roi"], logs
+    assert last["bpp"] < first["bpp"] and last["aux"] < first["aux"], logs
+    assert _changed(init, stage.comp.state_dict()) > len(init) // 2
+
+
 def test_machine_stage_on_a_tae_model_from_two_folders(data, tmp_path):
     """The machine fine-tune (through the frozen decoder and classifier) runs on a TAE base, reads
     several data folders, changes the compressor and leaves a model that decodes."""
-    from safetensors.torch import load_file
-
     from slim_rt.testing import build_tiny_random
     model = build_tiny_random(tmp_path / "tae", seed=1, autoencoder="tae")
     more = tmp_path / "more"
