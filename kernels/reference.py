@@ -81,7 +81,10 @@ def gaussian_likelihood(y: Tensor, means: Tensor | None, scales: Tensor, lower_b
     Autograd differentiates this reference; the Triton version has a fused backward.
     """
     values = (y if means is None else y - means).abs()
-    s = scales.clamp_min(lower_bound)  # CompressAI's LowerBound passes gradients only upward
+    # max(scales, bound) whose gradient is zero strictly below the bound and passes AT it: every index-0
+    # scale equals the bound exactly, and a zero there would freeze it (no gradient to grow and spend
+    # fewer bits). Not clamp_min: its gradient at a tie differs between torch's CPU and CUDA kernels.
+    s = torch.where(scales < lower_bound, lower_bound, scales)
     c = -(2**-0.5)
     upper = 0.5 * torch.erfc(c * (0.5 - values) / s)
     lower = 0.5 * torch.erfc(c * (-0.5 - values) / s)

@@ -262,7 +262,8 @@ def _gaussian_bwd_kernel(g_ptr, y_ptr, m_ptr, s_ptr, gd_ptr, gs_ptr, n, lower_bo
     sign = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0))  # d|x|/dx, 0 at 0 like torch.abs
     grad_d = g * (phi_l - phi_u) / s * sign
     grad_s = g * (phi_l * a_l - phi_u * a_u) / s
-    grad_s = tl.where(s_in > lower_bound, grad_s, 0.0)  # like torch.clamp_min: zero below and AT the bound
+    grad_s = tl.where(s_in < lower_bound, 0.0, grad_s)  # zero below the bound only: AT it (a scale at the table's
+    # minimum, as every index-0 scale is) the gradient passes, so such a scale can still grow
     tl.store(gd_ptr + offs, _cast(grad_d, GD_DTYPE), mask=mask)
     tl.store(gs_ptr + offs, _cast(grad_s, S_DTYPE), mask=mask)
 
@@ -370,8 +371,11 @@ def _launch_likelihood_bwd(grad: Tensor, y: Tensor, means: Tensor | None, scales
     n = y.numel()
     if n:
         block = _elementwise_block()
+        # the bound as the scales' dtype holds it, as torch compares a tensor with a Python number: a
+        # scale stored AT the bound is at it (its gradient passes), not just below
+        bound = float(torch.tensor(lower_bound, dtype=scales.dtype))
         _gaussian_bwd_kernel[(triton.cdiv(n, block),)](
-            grad, y, y if means is None else means, scales, grad_d, grad_s, n, lower_bound,
+            grad, y, y if means is None else means, scales, grad_d, grad_s, n, bound,
             HAS_MEANS=means is not None, S_DTYPE=_TL[scales.dtype], GD_DTYPE=_TL[grad_d.dtype], BLOCK=block)
 
 

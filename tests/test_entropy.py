@@ -113,3 +113,20 @@ def test_coder_truncated_extended_and_flipped():
             assert coder.decode(bytes(b), idx, t).shape == sym.shape
         except BitstreamError:
             pass
+
+
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+def test_minimum_scale_still_learns(impl, monkeypatch):
+    """An element whose scale index rounds to 0 sits exactly AT the likelihood's lower bound. Its rate
+    must still have a gradient on the index (a bigger scale costs fewer bits for a far-off y): a zero
+    there froze such elements for good and put a floor under every model's bitrate."""
+    from slim_rt import kernels
+    g = ExactGaussianConditional(64, 0.11, 64.0)
+    s = torch.tensor([0.2, 0.2, 3.0], requires_grad=True)  # continuous indexes: 0, 0 and 3 after rounding
+    scales = g.scales_from_index(s)
+    assert scales[0].item() == pytest.approx(0.11) and scales[0] == scales[1]
+    y, means = torch.tensor([1.0, 0.0, 1.0]), torch.zeros(3)
+    lik = kernels.gaussian_likelihood(y, means, scales, g.smin, impl=impl)
+    (-torch.log2(lik)).sum().backward()
+    assert s.grad[0] < 0 and s.grad[2] < 0  # growing the scale saves bits for y far from the mean
+    assert s.grad[1] > 0  # ... and costs bits for y at the mean
