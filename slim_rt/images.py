@@ -119,6 +119,25 @@ def _channels_to_rgb(t: Tensor) -> Tensor:
     return t
 
 
+def to_coded(img01: Tensor, scale: float) -> Tensor:
+    """[B,3,H,W] in [0,1] -> the image a rate point of `scale` codes (bicubic, antialiased, float32)."""
+    from torch.nn import functional as F
+
+    from slim_rt.config import coded_size
+    if scale == 1.0:
+        return img01
+    size = coded_size(img01.shape[-2], img01.shape[-1], scale)
+    return F.interpolate(img01.float(), size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def from_coded(img01: Tensor, size: tuple[int, int]) -> Tensor:
+    """A decoded image at its coded size -> the declared size (bicubic, as the decoder does)."""
+    from torch.nn import functional as F
+    if tuple(img01.shape[-2:]) == tuple(size):
+        return img01
+    return F.interpolate(img01, size=tuple(size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """[B,3,H,W] -> replicate-padded to multiples of `multiple` (bottom/right)."""
     H, W = x.shape[-2:]

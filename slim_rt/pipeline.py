@@ -23,7 +23,7 @@ from slim_rt import bitstream as bsf
 from slim_rt.backends import Stage, stage_key
 from slim_rt.errors import BitstreamError, ModelMismatchError
 from slim_rt.config import coded_size
-from slim_rt.images import pad_to_multiple
+from slim_rt.images import from_coded, pad_to_multiple, to_coded
 from slim_rt.models.base import tokenize
 from slim_rt.models.slim import SlimModel
 from slim_rt.sampler import FewStepSampler
@@ -175,8 +175,7 @@ class Pipeline:
         img = images.to(self.device, self.dtype)
         scale = self.model.config.rate_scale(rate)
         if scale != 1.0:  # this rate point codes a smaller image (bicubic, antialiased)
-            img = F.interpolate(img.float(), size=coded_size(H, W, scale), mode="bicubic", antialias=True,
-                                align_corners=False).clamp(0, 1).to(self.dtype)
+            img = to_coded(img, scale).to(self.dtype)
         x = pad_to_multiple(img * 2 - 1, self.model.pixel_multiple)
         latent = self._run("vae_encoder", image=x).float()
         y = self._run("latent_analysis", rate, latent=latent).float()
@@ -244,5 +243,5 @@ class Pipeline:
         img = ((img[:, :, :hc, :wc] + 1) / 2).clamp(0, 1)
         if scale != 1.0:  # back to the size the header declares
             with self._timed("resize"):
-                img = F.interpolate(img, size=(h0.height, h0.width), mode="bicubic", align_corners=False).clamp(0, 1)
+                img = from_coded(img, (h0.height, h0.width))
         return img

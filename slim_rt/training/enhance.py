@@ -29,6 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from slim_rt.classifier import MEAN, STD
+from slim_rt.images import from_coded, to_coded
 from slim_rt.sampler import FewStepSampler, path_point
 from slim_rt.training.config import TrainConfig
 from slim_rt.training.stages import crop_latents, encode_dataset
@@ -118,11 +119,22 @@ class EnhancerStage(_EnhanceBase):
         self.schedule_ts = sorted({t for k in (1, 2, 4) for t in self.sampler.schedule(k).timesteps})
         self.latents = encode_dataset(self.model.base, dataset, latent_cache)
 
+    def rate_latents(self, batch, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's clean latents as rate point r codes them, and the RoI mask on their grid. A scaled
+        rate point (config.scales) codes the crop resized by its scale: encoded here, on the fly."""
+        m = self.masks.crop(batch["index"], batch["crop"], self.cfg.crop)
+        scale = self.model.config.rate_scale(r)
+        if scale == 1.0:
+            return crop_latents(self.latents, batch, self.cfg.crop), F.avg_pool2d(m, 8)
+        with torch.no_grad():
+            x = self.model.base.encode_latent(to_coded(batch["image"], scale) * 2 - 1)
+        return x, F.adaptive_avg_pool2d(m, x.shape[-2:])
+
     def loss(self, batch, step):
-        x = crop_latents(self.latents, batch, self.cfg.crop)
+        r = int(torch.randint(0, self.model.num_rates, ()))
+        x, m = self.rate_latents(batch, r)
         B = x.shape[0]
         with torch.no_grad():
-            r = int(torch.randint(0, self.model.num_rates, ()))
             x_hat = self.model.compressors[r].eval()(x)["x_hat"]  # eval mode: hard rounding, as decoded
             caps = [cap if random.random() > 0.1 else "" for cap in batch["caption"]]
             ctx = self.context(caps)
@@ -132,14 +144,13 @@ class EnhancerStage(_EnhanceBase):
         abar = self.alphas_cumprod[t].float()
         x_t = path_point(x, x_hat, abar, self.abar_t0)
         x0 = self.x0_estimate(self.unet_fn(x_t, t, ctx), x_t, abar)
-        m = F.avg_pool2d(self.masks.crop(batch["index"], batch["crop"], self.cfg.crop), 8)
         loss, d_roi = self.roi_mse(x0, x, m)
         logs = {"mse_roi": d_roi.item(), "mse_roi_k0": (m * (x_hat - x).pow(2)).mean().item()}
         if self.clf is not None:
-            kl = machine_kl(self.clf, self.decode01(x0), batch["image"])
+            kl = machine_kl(self.clf, from_coded(self.decode01(x0), batch["image"].shape[-2:]), batch["image"])
             loss = loss + self.cfg.task_weight * kl
             logs["kl"] = kl.item()
-        return loss, {"loss": loss.item(), **logs}
+        return loss, {"loss": loss.item(), "rate": r, **logs}
 
 
 class DistillStage(_EnhanceBase):
@@ -166,14 +177,15 @@ class DistillStage(_EnhanceBase):
         for k, v in sorted(self.unet.state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().float().cpu().numpy().tobytes())
-        h.update(repr((self.cfg.teacher_steps, self.cfg.guidance, self.cfg.crop, self.cfg.resize, self.t0,
+        h.update(repr(("per-rate grids", self.cfg.teacher_steps, self.cfg.guidance, self.cfg.crop, self.cfg.resize, self.t0,
                        [f.name for f in self.dataset.files], self.model.fingerprint_hex)).encode())
         return h.hexdigest()
 
     @torch.no_grad()
-    def _teacher_cache(self) -> dict[str, torch.Tensor]:
-        """Per image: the center crop (pixels, RoI mask, clean latent) and, per rate, x_hat and the
-        teacher's many-step guided output. The teacher is the starting UNet, frozen."""
+    def _teacher_cache(self) -> dict:
+        """Per image: the center crop (pixels) and, per rate (lists: a scaled rate point has its own latent
+        grid), x_hat, the teacher's many-step guided output and the RoI mask on that grid. The teacher is
+        the starting UNet, frozen."""
         from tqdm import tqdm
         teacher = copy.deepcopy(self.unet).eval().requires_grad_(False)
         fn = lambda x, t, c: teacher(x, t, encoder_hidden_states=c).sample  # noqa: E731
@@ -186,26 +198,26 @@ class DistillStage(_EnhanceBase):
             masks.append(self.masks.masks[i][top:top + c, left:left + c])
         imgs, masks = torch.stack(imgs), torch.stack(masks)[:, None]
         uncond = self.context([""])
-        lat, xh, tgt = [], [[] for _ in self.model.compressors], [[] for _ in self.model.compressors]
+        xh, tgt = [[] for _ in self.model.compressors], [[] for _ in self.model.compressors]
         bs = 25
         for s in tqdm(range(0, len(imgs), bs), desc="teacher", leave=False):
-            x = base.encode_latent(imgs[s:s + bs] * 2 - 1)
             ctx = self.context(self.dataset.captions[s:s + bs])
-            lat.append(x)
-            for r, comp in enumerate(self.model.compressors):
+            for r, comp in enumerate(self.model.compressors):  # a scaled rate point codes the crop resized
+                x = base.encode_latent(to_coded(imgs[s:s + bs], self.model.config.rate_scale(r)) * 2 - 1)
                 x_hat = comp.eval()(x)["x_hat"]
                 xh[r].append(x_hat)
                 tgt[r].append(self.sampler.run(fn, x_hat, ctx, self.cfg.teacher_steps, self.cfg.guidance, uncond))
-        return {"image": imgs, "mask": F.avg_pool2d(masks, 8), "x": torch.cat(lat),
-                "x_hat": torch.stack([torch.cat(v) for v in xh]), "teacher": torch.stack([torch.cat(v) for v in tgt])}
+        xh = [torch.cat(v) for v in xh]  # per rate [N, C, h_r, w_r]: the grids differ between scales
+        return {"image": imgs, "masks": [F.adaptive_avg_pool2d(masks, v.shape[-2:]) for v in xh],
+                "x_hat": xh, "teacher": [torch.cat(v) for v in tgt]}
 
     def loss(self, batch, step):
         idx = batch["index"]
         flip = batch["crop"][:, 2].bool().view(-1, 1, 1, 1)
         f = lambda v: torch.where(flip, v.flip(-1), v)  # noqa: E731
         r = int(torch.randint(0, self.model.num_rates, ()))
-        x_hat, target = f(self.cache["x_hat"][r, idx]), f(self.cache["teacher"][r, idx])
-        m, ref = f(self.cache["mask"][idx]), f(self.cache["image"][idx])
+        x_hat, target = f(self.cache["x_hat"][r][idx]), f(self.cache["teacher"][r][idx])
+        m, ref = f(self.cache["masks"][r][idx]), f(self.cache["image"][idx])
         ctx = self.context([self.dataset.captions[i] for i in idx.tolist()])
         k = random.choice(self.cfg.student_steps)
         out = self.sampler.run(self.unet_fn, x_hat, ctx, k)
@@ -213,7 +225,7 @@ class DistillStage(_EnhanceBase):
         logs = {"k": k, "mse_teacher_roi": d_roi.item(),
                 "mse_teacher_roi_k0": (m * (x_hat - target).pow(2)).mean().item()}
         if self.clf is not None:
-            kl = machine_kl(self.clf, self.decode01(out), ref)
+            kl = machine_kl(self.clf, from_coded(self.decode01(out), ref.shape[-2:]), ref)
             loss = loss + self.cfg.task_weight * kl
             logs["kl"] = kl.item()
         return loss, {"loss": loss.item(), **logs}

@@ -39,6 +39,7 @@ import torch
 from torch.nn import functional as F
 
 from slim_rt.classifier import preprocess
+from slim_rt.images import from_coded, to_coded
 
 
 @dataclass(frozen=True)
@@ -107,21 +108,10 @@ def unpack(data: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # -- train (GPU) --------------------------------------------------------------------------------
-def coded(img01: torch.Tensor, scale: float) -> torch.Tensor:
-    """The image a rate point of `scale` codes (bicubic, antialiased; as the pipeline's encode)."""
-    if scale == 1.0:
-        return img01
-    h, w = img01.shape[-2:]
-    return F.interpolate(img01, size=(round(h * scale), round(w * scale)), mode="bicubic", antialias=True,
-                         align_corners=False).clamp(0, 1)
-
-
 def clf_input(rec01: torch.Tensor, size: int) -> torch.Tensor:
     """Decoded image at its coded size -> what the classifier sees: resized back to `size` as the
     pipeline's decode does, then the evaluation protocol's preprocessing (classifier.preprocess)."""
-    if rec01.shape[-1] != size:
-        rec01 = F.interpolate(rec01, size=(size, size), mode="bicubic", align_corners=False)
-    return preprocess(rec01)
+    return preprocess(from_coded(rec01, (size, size)))
 
 
 class Run:
@@ -152,7 +142,7 @@ class Run:
             for s in sorted({p.scale for p in points}):
                 lat = []
                 for i in range(0, len(x01), 64):
-                    lat.append(self.base.encode_latent(coded(x01[i:i + 64], s) * 2 - 1).float())
+                    lat.append(self.base.encode_latent(to_coded(x01[i:i + 64], s) * 2 - 1).float())
                 self.latents[s] = torch.cat(lat)                           # [2N,C,S*s/8,S*s/8]
                 self.masks[s] = F.adaptive_avg_pool2d(m, self.latents[s].shape[-2:])
             logits = [self.clf(clf_input(x01[i:i + 64], self.size)) for i in range(0, len(x01), 64)]
