@@ -135,7 +135,7 @@ def test_package_slim_tiny_reproduces_it(tmp_path):
     image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(6))
     m0, data0, rec0 = _codec_outputs(bundled_dir("slim-tiny"), image)
     m1, data1, rec1 = _codec_outputs(out, image)
-    assert m1.fingerprint_hex == m0.fingerprint_hex == "6f88979e14e05126f80926094d759a6423721af365eaf4296a13ebc54bab03ab"
+    assert m1.fingerprint_hex == m0.fingerprint_hex == "69b90b20017d96150a342d6b94b85e5dad6b5dea43a45c0e21f28d0189be8aee"
     assert data1 == data0 and all(torch.equal(a, b) for a, b in zip(rec0, rec1))
 
 
@@ -144,3 +144,19 @@ def test_save_pretrained_refuses_a_partial_base(tiny_dir, tmp_path):
     m = SlimModel.from_pretrained(tiny_dir, need_unet=False)
     with pytest.raises(ValueError, match="without its UNet"):
         m.save_pretrained(tmp_path / "out")
+
+
+def test_slim_tiny_v1_files_are_refused():
+    """slim-tiny v2 replaced v1 (fingerprint 6f88979e...): a v1 file is another model's, never misread."""
+    import slim_rt.bitstream as bsf
+    from slim_rt.errors import ModelMismatchError
+    from slim_rt.models.slim import bundled_dir
+    if bundled_dir("slim-tiny") is None:
+        pytest.skip("slim-tiny is not bundled in this build")
+    from slim_rt.captions import FixedCaptioner
+    enc = slim_rt.Encoder.from_pretrained("slim-tiny", captioner=FixedCaptioner("a photo of a cat"))
+    dec = slim_rt.Decoder(enc.pipeline)
+    bs = bsf.parse(enc.encode(torch.rand(3, 64, 64), rate=0))
+    v1 = bsf.pack(bsf.Bitstream(bsf.Header(64, 64, 0, 0, bs.header.caption, bytes.fromhex("6f88979e")), bs.z, bs.y))
+    with pytest.raises(ModelMismatchError, match="6f88979e"):
+        dec.decode(v1)

@@ -6,8 +6,8 @@ import torch
 
 from slim_rt.backends import COMPRESSOR_NETS, PER_RATE, STAGES, stage_networks
 
-SLIM_TINY_FINGERPRINT = "6f88979e14e05126f80926094d759a6423721af365eaf4296a13ebc54bab03ab"
-SLIM_TINY_CONTENT_HASH = "0d46b6a31c8f075a31decc4aa0fa16744f826d9414083145a49c28bb87a38d3c"  # flags {"precision": "fp32"}
+SLIM_TINY_FINGERPRINT = "69b90b20017d96150a342d6b94b85e5dad6b5dea43a45c0e21f28d0189be8aee"
+SLIM_TINY_CONTENT_HASH = "30068f9ed7bbd91bd6367e70c42741f52c7af9ac10cfd4e16b1fe5e3bc8d3d00"  # flags {"precision": "fp32"}
 
 
 @pytest.fixture(scope="module")
