@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval import QUALITIES, center_crop_square, pil_decode, pil_encode  # noqa: E402
+from slim_rt.evaluation.baselines import QUALITIES, pil_decode, pil_encode
+from slim_rt.evaluation.protocol import center_crop_square
+from slim_rt.models.registry import DEFAULT_MODEL
 
 SCALES = (1.0, 0.5, 0.25)
 
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("images", nargs="+")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--model", default="slim-tiny")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--rate", type=int, default=None, help="SLIM rate point (default: the model's middle one)")
     ap.add_argument("--steps", type=int, default=None, help="enhancement steps K (default: the bitstream's)")
     ap.add_argument("--crop", type=int, default=256, help="eval-protocol crop size; 0 = the whole image")
