@@ -118,7 +118,7 @@ class Run:
     """All rate points' compressors, their multipliers, the frozen autoencoder and classifier, the data."""
 
     def __init__(self, pack: dict, base, clf, points: list[Point], preset: str, device, background_weight=0.1,
-                 task_weight=0.5, batch=32, init: dict | None = None):
+                 task_weight=0.5, batch=32):
         from slim_rt.config import COMPRESSOR_PRESETS
         from slim_rt.models.compressor import SlimCompressor
         self.device, self.points, self.batch = device, points, batch
@@ -127,18 +127,13 @@ class Run:
         self.size = pack["size"]
         imgs, masks = unpack(pack, device)
         self.comps = [SlimCompressor(COMPRESSOR_PRESETS[preset]).to(device).train() for _ in points]
-        if init:
-            for c, sd in zip(self.comps, init["states"]):
-                c.load_state_dict(sd, strict=False)
-        # multipliers: log lam per point (bpp + lam * D), started near the CPU runs' values
-        lam0 = init["log_lam"] if init else [math.log(8.0 * (p.target / 0.07) ** 1.3) for p in points]
-        self.log_lam = torch.tensor(lam0, dtype=torch.float64)
+        # multipliers: log lam per point (bpp + lam * D), started near what the CPU runs needed for such rates
+        self.log_lam = torch.tensor([math.log(8.0 * (p.target / 0.07) ** 1.3) for p in points], dtype=torch.float64)
         self.ema_bpp = [p.target for p in points]
         with torch.no_grad():
             self.latents, self.masks, self.targets = {}, {}, None
             x01 = torch.cat([imgs, imgs.flip(-1)]).float().div_(255)       # [2N,3,S,S]: originals + mirrors
             m = torch.cat([masks, masks.flip(-1)])                         # [2N,1,S/8,S/8]
-            self.images = torch.cat([imgs, imgs.flip(-1)])                 # uint8, for the machine phase
             for s in sorted({p.scale for p in points}):
                 lat = []
                 for i in range(0, len(x01), 64):
@@ -149,7 +144,8 @@ class Run:
             self.targets = F.log_softmax(torch.cat(logits).float(), -1)    # [2N,1000]
         self.n = len(x01)
 
-    def parameter_groups(self, lr: float, aux_lr: float):
+    def parameter_groups(self) -> tuple[list, list]:
+        """(every compressor's weights, the factorized priors' quantiles: trained by the aux loss only)."""
         main = [p for c in self.comps for n, p in c.named_parameters() if not n.endswith("quantiles")]
         aux = [p for c in self.comps for n, p in c.named_parameters() if n.endswith("quantiles")]
         return main, aux
@@ -196,7 +192,7 @@ def run_phase(run: Run, name: str, seconds: float, lr: float, machine: bool, log
               checkpoint=None, checkpoint_every: float = 60.0) -> int:
     """Train every rate point for `seconds` (cosine lr decay by elapsed time); -> steps done.
     `checkpoint(steps, seconds)` is called every `checkpoint_every` seconds (a killed run keeps them)."""
-    main, aux = run.parameter_groups(lr, aux_lr)
+    main, aux = run.parameter_groups()
     opt = torch.optim.Adam([{"params": main, "lr": lr}, {"params": aux, "lr": aux_lr}])
     t0, step, vals = time.perf_counter(), 0, []
     last_ckpt = t0
