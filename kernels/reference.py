@@ -1,6 +1,7 @@
 """Plain PyTorch references for the fused entropy-path ops.
 
-Every op here has the same signature as its Triton twin in `triton_ops.py`; the dispatcher in
+Every op here has the same signature as its Triton twin (`triton_quantize.py`,
+`triton_scale_indexes.py`, `triton_likelihood.py`, gathered in `triton_ops.py`); the dispatcher in
 `__init__.py` picks one. These are the ground truth the kernels are tested against.
 
 Exactness (see docs/exact-entropy.md): integer tensors are carried as int32 and every

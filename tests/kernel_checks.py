@@ -1,5 +1,7 @@
-"""Triton-vs-reference checks shared by the interpreter run (CPU, TRITON_INTERPRET=1, in a
-subprocess: see test_kernels_triton.py) and the native GPU tests.
+"""Triton-vs-reference checks shared by the per-op kernel tests (test_kernel_quantize.py,
+test_kernel_scale_indexes.py, test_kernel_likelihood.py, test_kernels_triton.py), and the two ways
+they run: natively on a CUDA device (`gpu_test`), or on CPU by the Triton interpreter
+(`interpreter_case`, driven by `run_interpreter_cases`).
 
 Data are fresh random draws on every run (no fixed seeds); a failure prints what it saw.
 Kernel outputs are written into buffers poisoned with two different sentinels in two runs, so
@@ -8,12 +10,25 @@ an element the kernel does not write shows up as a mismatch in at least one run.
 from __future__ import annotations
 
 import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 from torch import Tensor
 
 from slim_rt.kernels import reference as R
-from slim_rt.kernels import triton_ops as T
+
+try:
+    import triton  # noqa: F401
+    NO_TRITON = ""
+except Exception as e:  # not installed, or installed but unusable
+    NO_TRITON = f"triton is not usable here ({type(e).__name__}: {e})"
+if not NO_TRITON:  # imported unguarded: an error in an op file must fail the tests, not skip them
+    from slim_rt.kernels import triton_likelihood, triton_quantize, triton_scale_indexes
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 SHIFT, LEVELS = 12, 64  # intnet: ACT_FRAC + W_FRAC, a typical table size
@@ -131,10 +146,10 @@ def check_quantize(shape, dtype, device, with_means=True, special=False) -> None
     ins = (("y", y),) + ((("means", means),) if means is not None else ())
     for run in range(2):  # launcher into poisoned outputs
         sym, hat = _poisoned(y, torch.int32, run), _poisoned(y, dtype, run)
-        T._launch_quantize(y.contiguous(), None if means is None else means.contiguous(), sym, hat)
+        triton_quantize._launch_quantize(y.contiguous(), None if means is None else means.contiguous(), sym, hat)
         assert_equal(sym, ref_sym, f"quantize symbols {tuple(shape)} {dtype} run {run}", *ins)
         assert_equal(hat, ref_hat, f"quantize y_hat {tuple(shape)} {dtype} run {run}", *ins)
-    sym, hat = T.quantize(y, means)  # public path (custom op)
+    sym, hat = triton_quantize.quantize(y, means)  # public path (custom op)
     assert_equal(sym, ref_sym, "quantize symbols (public)", *ins)
     assert_equal(hat, ref_hat, "quantize y_hat (public)", *ins)
 
@@ -145,11 +160,11 @@ def check_quantize_mixed(device) -> None:
                      (torch.bfloat16, torch.float16), (torch.float32, torch.float64)):
         y = (torch.randn(3, 5, 7, 11) * 30).to(ydt).to(device)
         m = torch.randn(3, 5, 7, 11).to(mdt).to(device)
-        for a, e, n in zip(T.quantize(y, m), R.quantize(y, m), ("symbols", "y_hat")):
+        for a, e, n in zip(triton_quantize.quantize(y, m), R.quantize(y, m), ("symbols", "y_hat")):
             assert_equal(a, e, f"quantize {n} y {ydt} means {mdt}", ("y", y), ("means", m))
     y = torch.randn(2, 4, 5, 6, device=device) * 9  # broadcast means
     m = torch.randn(1, 4, 1, 1, device=device)
-    for a, e, n in zip(T.quantize(y, m), R.quantize(y, m), ("symbols", "y_hat")):
+    for a, e, n in zip(triton_quantize.quantize(y, m), R.quantize(y, m), ("symbols", "y_hat")):
         assert_equal(a, e, f"quantize {n} broadcast means")
 
 
@@ -158,9 +173,9 @@ def check_scale_indexes(B, C, H, W, M, device, shift=SHIFT, levels=LEVELS) -> No
     ref = R.scale_indexes(h, weight, bias, shift, levels)
     for run in range(2):
         idx = _poisoned(h, torch.int32, run, shape=(B, M, H, W))
-        T._launch_scale_indexes(h, weight, bias, shift, levels, idx)
+        triton_scale_indexes._launch_scale_indexes(h, weight, bias, shift, levels, idx)
         assert_equal(idx, ref, f"scale_indexes {(B, C, H, W)} M={M} shift={shift} run {run}")
-    assert_equal(T.scale_indexes(h, weight, bias, shift, levels), ref, "scale_indexes (public)")
+    assert_equal(triton_scale_indexes.scale_indexes(h, weight, bias, shift, levels), ref, "scale_indexes (public)")
 
 
 def check_quantize_with_indexes(B, C, H, W, M, dtype, device, with_means=True) -> None:
@@ -171,10 +186,10 @@ def check_quantize_with_indexes(B, C, H, W, M, dtype, device, with_means=True) -
     for run in range(2):
         outs = (_poisoned(y, torch.int32, run), _poisoned(y, dtype, run),
                 _poisoned(h, torch.int32, run, shape=(B, M, H, W)))
-        T._launch_quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS, *outs)
+        triton_quantize._launch_quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS, *outs)
         for a, e, n in zip(outs, ref, names):
             assert_equal(a, e, f"quantize_with_indexes {n} {(B, C, H, W)} M={M} {dtype} run {run}", ("y", y))
-    for a, e, n in zip(T.quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS), ref, names):
+    for a, e, n in zip(triton_quantize.quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS), ref, names):
         assert_equal(a, e, f"quantize_with_indexes {n} (public)")
 
 
@@ -204,7 +219,7 @@ def check_likelihood(shape, dtype, device, with_means=True) -> None:
         out = fn(*args, bound)
         return out, xs, args
 
-    out_t, xs_t, _ = run(T.gaussian_likelihood)
+    out_t, xs_t, _ = run(triton_likelihood.gaussian_likelihood)
     grad = torch.randn_like(out_t)
     grads_t = torch.autograd.grad(out_t, xs_t, grad) if out_t.numel() else [torch.zeros_like(x) for x in xs_t]
     out_r, xs_r, _ = run(R.gaussian_likelihood)
@@ -225,10 +240,10 @@ def check_likelihood(shape, dtype, device, with_means=True) -> None:
         return
     for k in range(2):
         out = _poisoned(y, dtype, k)
-        T._launch_likelihood_fwd(y, means, scales, LOWER_BOUND, out)
+        triton_likelihood._launch_likelihood_fwd(y, means, scales, LOWER_BOUND, out)
         assert_close_scaled(out, out_t.detach(), f"likelihood launcher run {k}", 0.0)
         gd, gs = _poisoned(y, dtype, k), _poisoned(y, dtype, k)
-        T._launch_likelihood_bwd(grad, y, means, scales, LOWER_BOUND, gd, gs)
+        triton_likelihood._launch_likelihood_bwd(grad, y, means, scales, LOWER_BOUND, gd, gs)
         assert_close_scaled(gd, grads_t[0], f"grad_d launcher run {k}", 0.0)
         assert_close_scaled(gs, grads_t[2], f"grad_scales launcher run {k}", 0.0)
 
@@ -239,14 +254,14 @@ def check_likelihood_special(dtype, device) -> None:
     y = sv[:, None].expand(-1, 5).contiguous()
     means = torch.zeros_like(y)
     scales = torch.tensor([0.01, LOWER_BOUND, 0.125, 1.0, 1e4], dtype=dtype, device=device).expand_as(y).contiguous()
-    out_t = T.gaussian_likelihood(y, means, scales, LOWER_BOUND)
+    out_t = triton_likelihood.gaussian_likelihood(y, means, scales, LOWER_BOUND)
     out_r = R.gaussian_likelihood(y, means, scales, LOWER_BOUND)
     out_x = R.gaussian_likelihood(y.double(), means.double(), scales.double(), LOWER_BOUND)
     assert_close_scaled(out_t, out_r, f"likelihood special {dtype} vs reference", LIK_TOL_VS_REF[dtype], scale=out_x)
     # gradient of scales: zero below the bound, passes at and above it (an index-0 scale sits AT it)
     s = torch.tensor([0.05, 0.125, 0.25], dtype=dtype, device=device, requires_grad=True)
     yy = torch.tensor([0.3, 0.3, 0.3], dtype=dtype, device=device)
-    (gs_t,) = torch.autograd.grad(T.gaussian_likelihood(yy, None, s, 0.125).sum(), s)
+    (gs_t,) = torch.autograd.grad(triton_likelihood.gaussian_likelihood(yy, None, s, 0.125).sum(), s)
     s2 = s.detach().clone().requires_grad_(True)
     (gs_r,) = torch.autograd.grad(R.gaussian_likelihood(yy, None, s2, 0.125).sum(), s2)
     assert gs_t[0] == 0 and gs_t[1] != 0 and gs_t[2] != 0, (gs_t, gs_r)
@@ -261,9 +276,10 @@ def check_compile(device) -> None:
     h, weight, bias = index_inputs(2, 6, 5, 7, 8, device)
 
     def f(y, means, scales, h, weight, bias):
-        sym, y_hat, idx = T.quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS)
-        lik = T.gaussian_likelihood(y_hat, means, scales, LOWER_BOUND)
-        return sym, idx, lik, T.scale_indexes(h, weight, bias, SHIFT, LEVELS), T.quantize(y)[0]
+        sym, y_hat, idx = triton_quantize.quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS)
+        lik = triton_likelihood.gaussian_likelihood(y_hat, means, scales, LOWER_BOUND)
+        idx2 = triton_scale_indexes.scale_indexes(h, weight, bias, SHIFT, LEVELS)
+        return sym, idx, lik, idx2, triton_quantize.quantize(y)[0]
 
     backend = "inductor" if device == "cuda" else "aot_eager"  # no C++ toolchain needed on CPU
     got = torch.compile(f, backend=backend, fullgraph=True)(y, means, scales, h, weight, bias)
@@ -275,17 +291,72 @@ def check_compile(device) -> None:
     assert_equal(g_c, g_e, "compiled grad vs eager")
 
 
-def check_opcheck(device) -> None:
-    """torch.library.opcheck: schema, fake tensors and AOT dispatch of every custom op."""
+def check_opcheck(device, *names: str) -> None:
+    """torch.library.opcheck (schema, fake tensors, AOT dispatch) of the custom ops `slim_rt::<name>`."""
     y = torch.randn(2, 4, 3, 5, device=device) * 5
     m = torch.randn_like(y)
     s = torch.rand_like(y) + 0.1
     h, w, b = index_inputs(2, 3, 3, 5, 4, device)
-    cases = [(torch.ops.slim_rt.quantize, (y, m)), (torch.ops.slim_rt.quantize, (y, None)),
-             (torch.ops.slim_rt.scale_indexes, (h, w, b, SHIFT, LEVELS)),
-             (torch.ops.slim_rt.quantize_with_indexes, (y, m, h, w, b, SHIFT, LEVELS)),
-             (torch.ops.slim_rt.gaussian_likelihood_fwd, (y, m, s, LOWER_BOUND)),
-             (torch.ops.slim_rt.gaussian_likelihood_bwd, (torch.randn_like(y), y, m, s, LOWER_BOUND))]
-    for op, args in cases:
-        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor",
-                                                    "test_aot_dispatch_dynamic"))
+    cases = {"quantize": [(y, m), (y, None)],
+             "scale_indexes": [(h, w, b, SHIFT, LEVELS)],
+             "quantize_with_indexes": [(y, m, h, w, b, SHIFT, LEVELS)],
+             "gaussian_likelihood_fwd": [(y, m, s, LOWER_BOUND)],
+             "gaussian_likelihood_bwd": [(torch.randn_like(y), y, m, s, LOWER_BOUND)]}
+    for name in names:
+        for args in cases[name]:
+            torch.library.opcheck(getattr(torch.ops.slim_rt, name), args,
+                                  test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+# ------------------------------------------------------------------------------------------ running
+# Each kernel test file holds two kinds of tests:
+#   * `gpu_test`: the checks on CUDA, natively (`-m gpu` collects them);
+#   * `interpreter_case`: the same checks on CPU under the Triton interpreter. TRITON_INTERPRET=1
+#     must be set before triton is imported, which this pytest process may already have done, so
+#     test_kernels_triton.py::test_interpreter_subprocess runs every file's cases in a fresh Python.
+#     Run one file's cases in-process with `TRITON_INTERPRET=1 python -m pytest tests/<file>`.
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+INTERP_TIMEOUT_S = 90  # all files take 25-30 s on 2 busy CPU cores: ~3x that, so a hang fails fast
+ROOT = Path(__file__).resolve().parent.parent
+
+needs_triton = pytest.mark.skipif(bool(NO_TRITON), reason=NO_TRITON or "triton imports")
+interpreter_case = pytest.mark.skipif(not INTERPRETING, reason=(
+    "Triton interpreter case: run by test_kernels_triton.py::test_interpreter_subprocess, "
+    "or with TRITON_INTERPRET=1 in the environment"))
+
+
+def gpu_test(fn):
+    """Mark a native CUDA test: collected by `-m gpu`; skipped without CUDA or under the interpreter."""
+    fn = pytest.mark.gpu(fn)
+    fn = pytest.mark.skipif(not torch.cuda.is_available(),
+                            reason="needs a CUDA device (torch.cuda.is_available() is False)")(fn)
+    return pytest.mark.skipif(INTERPRETING, reason="TRITON_INTERPRET is set: GPU tests must run natively")(fn)
+
+
+def _text(b: bytes | str | None) -> str:
+    return b.decode(errors="replace") if isinstance(b, bytes) else b or ""
+
+
+def run_interpreter_cases(*test_files: Path) -> None:
+    """Run the interpreter cases of `test_files` in a fresh Python with TRITON_INTERPRET=1 (GPU tests
+    and the runner itself deselected); fail with the tail of its output if a case fails, none passes,
+    one skips, or the run takes longer than INTERP_TIMEOUT_S."""
+    if INTERPRETING:
+        pytest.skip("already under the interpreter: the cases run in this process")
+    rel = [str(Path(f).resolve().relative_to(ROOT)) for f in test_files]
+    # unbuffered: a run killed at the timeout still leaves its progress to show
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider",
+           "-W", "ignore::RuntimeWarning", "-m", "not gpu", "-k", "not test_interpreter_subprocess", *rel]
+    what = f"the interpreter cases of {', '.join(rel)} (TRITON_INTERPRET=1)"
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=INTERP_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        tail = (_text(e.stdout) + _text(e.stderr))[-6000:]
+        pytest.fail(f"{what} did not finish in {INTERP_TIMEOUT_S} s; output so far:\n{tail}", pytrace=False)
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    if proc.returncode != 0:
+        pytest.fail(f"{what} failed (rc={proc.returncode}):\n{tail}", pytrace=False)
+    summary = proc.stdout.strip().splitlines()[-1]
+    if not re.search(r"[1-9]\d* passed", summary) or re.search(r"skipped|failed|error", summary):
+        pytest.fail(f"{what}: expected only passes, got {summary!r}:\n{tail}", pytrace=False)

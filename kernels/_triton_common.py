@@ -1,0 +1,94 @@
+"""Shared pieces of the Triton ops (`triton_quantize.py`, `triton_scale_indexes.py`,
+`triton_likelihood.py`): dtype map, the exact widening/rounding casts every kernel uses, launch
+configuration, argument checks and the `torch.library` registration helper.
+
+Kernels accept CUDA tensors, or CPU tensors when TRITON_INTERPRET=1 was set before triton was
+imported. Importing this module changes no global setting.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+_TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
+       torch.float64: tl.float64}
+
+
+# ------------------------------------------------------------------------------------------
+# device helpers
+# ------------------------------------------------------------------------------------------
+@triton.jit
+def _widen(x, WIDE: tl.constexpr):
+    """x.to(WIDE) for WIDE float32/float64, exact. bfloat16 is widened through its bits because
+    the interpreter's bfloat16 cast flushes subnormals."""
+    if x.dtype == tl.bfloat16:
+        x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return x.to(WIDE)
+
+
+@triton.jit
+def _cast(x, DTYPE: tl.constexpr):
+    """x.to(DTYPE) rounding like PyTorch: to half types via float32, round to nearest even.
+
+    float32 -> bfloat16 is done on the bits (the interpreter's own cast truncates and flushes
+    subnormals); the same code runs on the GPU.
+    """
+    if DTYPE == tl.bfloat16:
+        bits = _widen(x, tl.float32).to(tl.uint32, bitcast=True)
+        bits = bits + (0x7FFF + ((bits >> 16) & 1))              # RTNE to 8 mantissa bits
+        bits = tl.where(x != x, 0x7FC00000, bits)                # keep NaN a (quiet) NaN
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    elif DTYPE == tl.float16:
+        return _widen(x, tl.float32).to(DTYPE)
+    else:
+        return x.to(DTYPE)
+
+
+
+# ------------------------------------------------------------------------------------------
+# launch configuration and checks
+# ------------------------------------------------------------------------------------------
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _elementwise_block() -> int:
+    return 8192 if _interpreting() else 1024  # big blocks: fewer (slow) interpreted programs
+
+
+def _check_device(*tensors: Tensor | None) -> None:
+    ts = [t for t in tensors if t is not None]
+    dev = ts[0].device
+    if any(t.device != dev for t in ts):
+        raise ValueError(f"all tensors must be on one device, got {[str(t.device) for t in ts]}")
+    if dev.type != "cuda" and not _interpreting():
+        raise RuntimeError("Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 set before "
+                           "importing triton); use impl='reference' on CPU")
+
+
+def _broadcast(*tensors: Tensor | None) -> list[Tensor | None]:
+    ts = [t for t in tensors if t is not None]
+    shape = torch.broadcast_shapes(*(t.shape for t in ts))
+    return [None if t is None else t.expand(shape).contiguous() for t in tensors]
+
+
+
+# ------------------------------------------------------------------------------------------
+# torch.library custom ops (namespace slim_rt) with fake implementations for torch.compile
+# ------------------------------------------------------------------------------------------
+def _custom_op(name: str, fake: Callable):
+    """Register `slim_rt::name`; reuse the registration when this file is imported twice
+    (it is reachable both as `kernels` and as `slim_rt.kernels`)."""
+    def deco(fn):
+        if hasattr(torch.ops.slim_rt, name):
+            return getattr(torch.ops.slim_rt, name)
+        op = torch.library.custom_op(f"slim_rt::{name}", fn, mutates_args=())
+        op.register_fake(fake)
+        return op
+    return deco
+
