@@ -67,6 +67,15 @@ def test_pack_train_assemble_and_code(tmp_path):
         out_img = dec.decode(bits, output="tensor")
         assert out_img.shape == (3, 64, 96) and torch.isfinite(out_img).all()
         sizes.append(len(bits))
+    # a later run continues from the assembled model (its weights and lambdas), e.g. on another GPU session
+    more = tmp_path / "more"
+    main(["train", "--pack", str(pack), "--base", str(base), "--points", "1:0.2,0.5:0.05", "--preset", "test",
+          "--batch", "4", "--latent-seconds", "0", "--machine-seconds", "2", "--init", str(model), "--out", str(more)])
+    lams = json.loads((more / "points.json").read_text())["phases"]["machine"]["lambdas"]
+    assert len(lams) == 2 and all(lam > 0 for lam in lams)
+    with pytest.raises(ValueError, match="must match"):
+        main(["train", "--pack", str(pack), "--base", str(base), "--points", "1:0.2", "--preset", "test",
+              "--machine-seconds", "1", "--init", str(model), "--out", str(tmp_path / "bad")])
     with pytest.raises(ValueError, match="no trained"):
         from slim_rt.training.joint import assemble
         (out / "points.json").write_text(json.dumps({**meta, "phases": {"latent": meta["phases"]["latent"]}}))

@@ -144,6 +144,16 @@ class Run:
             self.targets = F.log_softmax(torch.cat(logits).float(), -1)    # [2N,1000]
         self.n = len(x01)
 
+    def start_from(self, states: list[dict], lambdas: list[float]) -> None:
+        """Continue from trained weights (one state dict per point, in order) and their multipliers."""
+        if len(states) != len(self.comps) or len(lambdas) != len(self.comps):
+            raise ValueError(f"--init has {len(states)} rate points, --points {len(self.comps)}: they must match")
+        for c, sd in zip(self.comps, states):
+            missing, unexpected = c.load_state_dict(sd, strict=False)
+            if unexpected or any(not k.endswith(("_quantized_cdf", "_offset", "_cdf_length")) for k in missing):
+                raise ValueError("--init weights do not match the compressor preset")
+        self.log_lam = torch.tensor([math.log(x) for x in lambdas], dtype=torch.float64)
+
     def parameter_groups(self) -> tuple[list, list]:
         """(every compressor's weights, the factorized priors' quantiles: trained by the aux loss only)."""
         main = [p for c in self.comps for n, p in c.named_parameters() if not n.endswith("quantiles")]
@@ -254,6 +264,25 @@ def load_states(train_dir: Path, phase: str) -> dict[int, dict]:
     return states
 
 
+def init_states(path: str | Path) -> tuple[list[dict], list[float]]:
+    """Weights and multipliers to continue from: a joint training folder (its last phase) or a SLIM
+    model directory (its compressors and the lambdas of its config), e.g. the bundled slim-tiny."""
+    from safetensors.torch import load_file
+    d = Path(path)
+    if (d / "points.json").is_file():
+        meta = json.loads((d / "points.json").read_text())
+        phase = "machine" if "machine" in meta["phases"] else "latent"
+        states = load_states(d, phase)
+        return [states[r] for r in sorted(states)], meta["phases"][phase]["lambdas"]
+    from slim_rt.config import SlimConfig
+    from slim_rt.models.registry import resolve
+    d = resolve(str(path))
+    cfg = SlimConfig.load(d)
+    tables = ("_quantized_cdf", "_offset", "_cdf_length")  # rebuilt by `assemble`
+    return ([{k: v for k, v in load_file(str(d / f)).items() if not k.endswith(tables)} for f in cfg.rates],
+            list(cfg.lambdas))
+
+
 def load_classifier(path: str | None):
     from slim_rt.classifier import load_efficientnet_lite0
     if not path:
@@ -283,8 +312,10 @@ def train_main(a) -> None:
     t = time.perf_counter()
     run = Run(torch.load(a.pack, weights_only=False), load_base(a.base, need_unet=False), load_classifier(a.classifier), points,
               a.preset, device, task_weight=a.task_weight, batch=a.batch)
+    if a.init:
+        run.start_from(*init_states(a.init))
     log({"phase": "setup", "device": str(device), "images": run.n, "seconds": round(time.perf_counter() - t, 1),
-         "points": [vars(p) for p in points]})
+         "points": [vars(p) for p in points], "init": a.init or None})
     meta = {"points": [vars(p) for p in points], "preset": a.preset, "task_weight": a.task_weight,
             "batch": a.batch, "images": run.n // 2, "phases": {}}
 
@@ -370,6 +401,8 @@ def main(argv=None) -> None:
     t.add_argument("--machine-lr", type=float, default=2e-4)
     t.add_argument("--latent-seconds", type=float, default=60)
     t.add_argument("--machine-seconds", type=float, default=240)
+    t.add_argument("--init", default=None, help="continue from a joint training folder or a SLIM model "
+                   "(e.g. slim-tiny: --points must then list its rate points, e.g. 0.5:0.025,0.5:0.05,1:0.1,1:0.2)")
     t.add_argument("--small", action="store_true", help="keep the latent phase's weights in fp16 (fewer bytes)")
     t.add_argument("--out", required=True)
     s = sub.add_parser("assemble")
