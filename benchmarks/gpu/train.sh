@@ -8,7 +8,7 @@
 # POINTS, LATENT_S and MACHINE_S override the rate points and the two phases' seconds.
 # To continue training the bundled model (its 4 points; its weights travel with the tree):
 #   POINTS=0.5:0.025,0.5:0.05,1:0.1,1:0.2 LATENT_S=0 bash benchmarks/gpu/train.sh --init slim-tiny
-# The lent GPU box takes 64 MiB in all: the tree (~38 MB with slim-tiny v2) + .train-job (wheels 8 MB, classifier
+# The lent GPU box takes 64 MiB in all: the tree (~45 MB with slim-tiny v2) + .train-job (wheels 8 MB, classifier
 # 9.4 MB, pack 25 MB at WebP quality 82) is over it; pack at a lower --quality or fewer images for such a run.
 cd "$(dirname "$0")/../.."
 SLIM_JOB="$PWD/.train-job" . benchmarks/gpu/install.sh || exit 1
