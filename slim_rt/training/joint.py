@@ -108,6 +108,16 @@ def unpack(data: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # -- train (GPU) --------------------------------------------------------------------------------
+TABLES = ("_quantized_cdf", "_offset", "_cdf_length")  # CDF tables: never trained, rebuilt by `assemble`
+
+
+def load_weights(comp, state: dict, what: str) -> None:
+    """Trained weights into a compressor; anything but the CDF tables missing or extra is a ValueError."""
+    missing, unexpected = comp.load_state_dict(state, strict=False)
+    if unexpected or any(not k.endswith(TABLES) for k in missing):
+        raise ValueError(f"{what} does not match the compressor preset")
+
+
 def clf_input(rec01: torch.Tensor, size: int) -> torch.Tensor:
     """Decoded image at its coded size -> what the classifier sees: resized back to `size` as the
     pipeline's decode does, then the evaluation protocol's preprocessing (classifier.preprocess)."""
@@ -149,9 +159,7 @@ class Run:
         if len(states) != len(self.comps) or len(lambdas) != len(self.comps):
             raise ValueError(f"--init has {len(states)} rate points, --points {len(self.comps)}: they must match")
         for c, sd in zip(self.comps, states):
-            missing, unexpected = c.load_state_dict(sd, strict=False)
-            if unexpected or any(not k.endswith(("_quantized_cdf", "_offset", "_cdf_length")) for k in missing):
-                raise ValueError("--init weights do not match the compressor preset")
+            load_weights(c, sd, "--init weights")
         self.log_lam = torch.tensor([math.log(x) for x in lambdas], dtype=torch.float64)
 
     def parameter_groups(self) -> tuple[list, list]:
@@ -194,7 +202,7 @@ class Run:
 
     def states(self, dtype=torch.float32) -> list[dict]:
         return [{k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-                 for k, v in c.state_dict().items() if not k.endswith(("_quantized_cdf", "_offset", "_cdf_length"))}
+                 for k, v in c.state_dict().items() if not k.endswith(TABLES)}
                 for c in self.comps]
 
 
@@ -278,23 +286,12 @@ def init_states(path: str | Path) -> tuple[list[dict], list[float]]:
     from slim_rt.models.registry import resolve
     d = resolve(str(path))
     cfg = SlimConfig.load(d)
-    tables = ("_quantized_cdf", "_offset", "_cdf_length")  # rebuilt by `assemble`
-    return ([{k: v for k, v in load_file(str(d / f)).items() if not k.endswith(tables)} for f in cfg.rates],
+    return ([{k: v for k, v in load_file(str(d / f)).items() if not k.endswith(TABLES)} for f in cfg.rates],
             list(cfg.lambdas))
 
 
-def load_classifier(path: str | None):
-    from slim_rt.classifier import load_efficientnet_lite0
-    if not path:
-        return load_efficientnet_lite0()
-    from efficientnet_lite_pytorch import EfficientNet
-    from safetensors.torch import load_file
-    model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
-    model.load_state_dict({k: v.float() for k, v in load_file(path).items()})
-    return model.eval().requires_grad_(False)
-
-
 def train_main(a) -> None:
+    from slim_rt.classifier import load_efficientnet_lite0
     from slim_rt.models.base import load_base
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +307,7 @@ def train_main(a) -> None:
         print(json.dumps(rec)[:400], flush=True)
 
     t = time.perf_counter()
-    run = Run(torch.load(a.pack, weights_only=False), load_base(a.base, need_unet=False), load_classifier(a.classifier), points,
+    run = Run(torch.load(a.pack, weights_only=False), load_base(a.base, need_unet=False), load_efficientnet_lite0(weights=a.classifier), points,
               a.preset, device, task_weight=a.task_weight, batch=a.batch)
     if a.init:
         run.start_from(*init_states(a.init))
@@ -359,9 +356,7 @@ def assemble(train_dir: str | Path, phase: str, base: str | Path, out: str | Pat
         if r not in states:
             raise ValueError(f"{d}: no weights of rate point {r} in phase {phase!r}")
         comp = SlimCompressor(COMPRESSOR_PRESETS[meta["preset"]])
-        missing, unexpected = comp.load_state_dict(states[r], strict=False)
-        if unexpected or any(not k.endswith(("_quantized_cdf", "_offset", "_cdf_length")) for k in missing):
-            raise ValueError(f"{d}: rate {r} does not match preset {meta['preset']!r}")
+        load_weights(comp, states[r], f"{d}: rate {r} (preset {meta['preset']!r})")
         comp.eval().requires_grad_(False).update(force=True)
         comps.append(comp)
     ref = SlimModel.from_pretrained(like, need_unet=False).config if like else None
