@@ -153,8 +153,10 @@ def bench_grid(codecs: dict, sizes, batches, steps_list, repeats, warmup, stage_
     """{backend: {"WxH/bB": {...}}}; configs past the deadline are skipped and say so. on_case(out) after
     each (size, batch): the caller writes partial results, so a run cut short keeps what it measured."""
     out: dict = {b: {} for b in codecs}
-    for (h, w) in sizes:
-        for batch in batches:
+    # batch-major (every size at the first batch size before the next batch size): a run cut short by
+    # its budget keeps the single-image latencies, the figures users read first
+    for batch in batches:
+        for (h, w) in sizes:
             key = f"{w}x{h}/b{batch}"
             if time.perf_counter() > deadline:
                 for b in codecs:
@@ -295,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     def write_partial(backends: dict) -> None:
         results.update(backends=backends, partial=True, wall_s=round(time.perf_counter() - t0, 1))
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(render_md(results))  # a run killed at its limit keeps both
 
     results["backends"] = bench_grid(codecs, args.sizes, args.batch, args.steps, args.repeats, args.warmup,
                                      stage_runs, args.device, deadline, log, write_partial)
