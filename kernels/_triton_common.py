@@ -23,28 +23,39 @@ _TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl
 # device helpers
 # ------------------------------------------------------------------------------------------
 @triton.jit
-def _widen(x, WIDE: tl.constexpr):
-    """x.to(WIDE) for WIDE float32/float64, exact. bfloat16 is widened through its bits because
-    the interpreter's bfloat16 cast flushes subnormals."""
+def _widen(x, WIDE: tl.constexpr, NATIVE: tl.constexpr):
+    """x.to(WIDE) for WIDE float32/float64, exact.
+
+    NATIVE (the launchers pass `_native()`: True on a GPU, False under the interpreter) picks how
+    bfloat16 is widened: the hardware conversion (exact: it only shifts the bits), or the same
+    shift written out on the bits, because the interpreter's bfloat16 cast flushes subnormals."""
     if x.dtype == tl.bfloat16:
-        x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        if NATIVE:
+            x = x.to(tl.float32)
+        else:
+            x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
     return x.to(WIDE)
 
 
 @triton.jit
-def _cast(x, DTYPE: tl.constexpr):
-    """x.to(DTYPE) rounding like PyTorch: to half types via float32, round to nearest even.
+def _cast(x, DTYPE: tl.constexpr, NATIVE: tl.constexpr):
+    """x.to(DTYPE) rounding like PyTorch: to half types via float32, round to nearest even, NaN
+    kept a NaN (its payload is not kept: tests compare NaN positions only).
 
-    float32 -> bfloat16 is done on the bits (the interpreter's own cast truncates and flushes
-    subnormals); the same code runs on the GPU.
+    float32 -> bfloat16: with NATIVE the hardware conversion (Triton's default fp downcast rounding
+    is round-to-nearest-even: cvt.rn.bf16.f32, subnormals and overflow to inf like PyTorch);
+    otherwise on the bits, because the interpreter's own cast truncates and flushes subnormals.
     """
     if DTYPE == tl.bfloat16:
-        bits = _widen(x, tl.float32).to(tl.uint32, bitcast=True)
-        bits = bits + (0x7FFF + ((bits >> 16) & 1))              # RTNE to 8 mantissa bits
-        bits = tl.where(x != x, 0x7FC00000, bits)                # keep NaN a (quiet) NaN
-        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        if NATIVE:
+            return _widen(x, tl.float32, NATIVE).to(tl.bfloat16)
+        else:
+            bits = _widen(x, tl.float32, NATIVE).to(tl.uint32, bitcast=True)
+            bits = bits + (0x7FFF + ((bits >> 16) & 1))              # RTNE to 8 mantissa bits
+            bits = tl.where(x != x, 0x7FC00000, bits)                # keep NaN a (quiet) NaN
+            return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
     elif DTYPE == tl.float16:
-        return _widen(x, tl.float32).to(DTYPE)
+        return _widen(x, tl.float32, NATIVE).to(DTYPE)
     else:
         return x.to(DTYPE)
 
@@ -55,6 +66,12 @@ def _cast(x, DTYPE: tl.constexpr):
 # ------------------------------------------------------------------------------------------
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _native() -> bool:
+    """The `NATIVE` constexpr of `_widen` / `_cast`: hardware bfloat16 conversions on a GPU, the
+    bit-level ones under the interpreter (same results; see `_cast`)."""
+    return not _interpreting()
 
 
 def _elementwise_block() -> int:

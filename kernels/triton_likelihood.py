@@ -17,7 +17,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._triton_common import _TL, _broadcast, _cast, _check_device, _custom_op, _elementwise_block, _widen
+from ._triton_common import (_TL, _broadcast, _cast, _check_device, _custom_op, _elementwise_block, _native,
+                             _widen)
 
 __all__ = ["gaussian_likelihood"]
 
@@ -51,38 +52,38 @@ def _erfc(x):
 @triton.jit
 def _gaussian_fwd_kernel(y_ptr, m_ptr, s_ptr, out_ptr, n, lower_bound,
                          HAS_MEANS: tl.constexpr, S_DTYPE: tl.constexpr, OUT_DTYPE: tl.constexpr,
-                         BLOCK: tl.constexpr):
+                         NATIVE: tl.constexpr, BLOCK: tl.constexpr):
     # y, means, scales, out: flat [n], same shape; math in float32
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    d = _widen(tl.load(y_ptr + offs, mask=mask, other=0.0), tl.float32)
+    d = _widen(tl.load(y_ptr + offs, mask=mask, other=0.0), tl.float32, NATIVE)
     if HAS_MEANS:
-        d = d - _widen(tl.load(m_ptr + offs, mask=mask, other=0.0), tl.float32)
+        d = d - _widen(tl.load(m_ptr + offs, mask=mask, other=0.0), tl.float32, NATIVE)
     v = tl.abs(d)
-    s = _widen(tl.load(s_ptr + offs, mask=mask, other=1.0), tl.float32)
-    s = _widen(_cast(tl.where(s < lower_bound, lower_bound, s), S_DTYPE), tl.float32)  # clamp_min, NaN kept
+    s = _widen(tl.load(s_ptr + offs, mask=mask, other=1.0), tl.float32, NATIVE)
+    s = _widen(_cast(tl.where(s < lower_bound, lower_bound, s), S_DTYPE, NATIVE), tl.float32, NATIVE)  # clamp_min, NaN kept
     # (tensor-first products: constexpr * tensor yields a non-interpreter tensor under TRITON_INTERPRET)
     upper = 0.5 * _erfc((v - 0.5) * _SQRT1_2 / s)     # Phi((0.5 - v) / s)
     lower = 0.5 * _erfc((v + 0.5) * _SQRT1_2 / s)     # Phi((-0.5 - v) / s)
-    tl.store(out_ptr + offs, _cast(upper - lower, OUT_DTYPE), mask=mask)
+    tl.store(out_ptr + offs, _cast(upper - lower, OUT_DTYPE, NATIVE), mask=mask)
 
 
 @triton.jit
 def _gaussian_bwd_kernel(g_ptr, y_ptr, m_ptr, s_ptr, gd_ptr, gs_ptr, n, lower_bound,
                          HAS_MEANS: tl.constexpr, S_DTYPE: tl.constexpr, GD_DTYPE: tl.constexpr,
-                         BLOCK: tl.constexpr):
+                         NATIVE: tl.constexpr, BLOCK: tl.constexpr):
     # grad, y, means, scales: flat [n] -> grad_d = dL/d(y - means) [GD_DTYPE], grad_scales [S_DTYPE]
     # L = Phi(a_u) - Phi(a_l), a_u = (0.5 - v)/s, a_l = (-0.5 - v)/s, v = |y - means|
     # dL/dv = (phi(a_l) - phi(a_u)) / s ;  dL/ds = (phi(a_l) a_l - phi(a_u) a_u) / s
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    g = _widen(tl.load(g_ptr + offs, mask=mask, other=0.0), tl.float32)
-    d = _widen(tl.load(y_ptr + offs, mask=mask, other=0.0), tl.float32)
+    g = _widen(tl.load(g_ptr + offs, mask=mask, other=0.0), tl.float32, NATIVE)
+    d = _widen(tl.load(y_ptr + offs, mask=mask, other=0.0), tl.float32, NATIVE)
     if HAS_MEANS:
-        d = d - _widen(tl.load(m_ptr + offs, mask=mask, other=0.0), tl.float32)
+        d = d - _widen(tl.load(m_ptr + offs, mask=mask, other=0.0), tl.float32, NATIVE)
     v = tl.abs(d)
-    s_in = _widen(tl.load(s_ptr + offs, mask=mask, other=1.0), tl.float32)
-    s = _widen(_cast(tl.where(s_in < lower_bound, lower_bound, s_in), S_DTYPE), tl.float32)
+    s_in = _widen(tl.load(s_ptr + offs, mask=mask, other=1.0), tl.float32, NATIVE)
+    s = _widen(_cast(tl.where(s_in < lower_bound, lower_bound, s_in), S_DTYPE, NATIVE), tl.float32, NATIVE)
     a_u = (0.5 - v) / s
     a_l = (-0.5 - v) / s
     phi_u = tl.exp(-0.5 * a_u * a_u) * _INV_SQRT_2PI
@@ -92,8 +93,8 @@ def _gaussian_bwd_kernel(g_ptr, y_ptr, m_ptr, s_ptr, gd_ptr, gs_ptr, n, lower_bo
     grad_s = g * (phi_l * a_l - phi_u * a_u) / s
     grad_s = tl.where(s_in < lower_bound, 0.0, grad_s)  # zero below the bound only: AT it (a scale at the table's
     # minimum, as every index-0 scale is) the gradient passes, so such a scale can still grow
-    tl.store(gd_ptr + offs, _cast(grad_d, GD_DTYPE), mask=mask)
-    tl.store(gs_ptr + offs, _cast(grad_s, S_DTYPE), mask=mask)
+    tl.store(gd_ptr + offs, _cast(grad_d, GD_DTYPE, NATIVE), mask=mask)
+    tl.store(gs_ptr + offs, _cast(grad_s, S_DTYPE, NATIVE), mask=mask)
 
 
 
@@ -108,7 +109,8 @@ def _launch_likelihood_fwd(y: Tensor, means: Tensor | None, scales: Tensor, lowe
         block = _elementwise_block()
         _gaussian_fwd_kernel[(triton.cdiv(n, block),)](
             y, y if means is None else means, scales, out, n, lower_bound,
-            HAS_MEANS=means is not None, S_DTYPE=_TL[scales.dtype], OUT_DTYPE=_TL[out.dtype], BLOCK=block)
+            HAS_MEANS=means is not None, S_DTYPE=_TL[scales.dtype], OUT_DTYPE=_TL[out.dtype],
+            NATIVE=_native(), BLOCK=block)
 
 
 def _launch_likelihood_bwd(grad: Tensor, y: Tensor, means: Tensor | None, scales: Tensor,
@@ -121,7 +123,8 @@ def _launch_likelihood_bwd(grad: Tensor, y: Tensor, means: Tensor | None, scales
         bound = float(torch.tensor(lower_bound, dtype=scales.dtype))
         _gaussian_bwd_kernel[(triton.cdiv(n, block),)](
             grad, y, y if means is None else means, scales, grad_d, grad_s, n, bound,
-            HAS_MEANS=means is not None, S_DTYPE=_TL[scales.dtype], GD_DTYPE=_TL[grad_d.dtype], BLOCK=block)
+            HAS_MEANS=means is not None, S_DTYPE=_TL[scales.dtype], GD_DTYPE=_TL[grad_d.dtype],
+            NATIVE=_native(), BLOCK=block)
 
 
 

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._triton_common import _TL, _broadcast, _cast, _check_device, _custom_op, _elementwise_block, _widen
+from ._triton_common import _TL, _broadcast, _cast, _check_device, _custom_op, _elementwise_block, _native, _widen
 from .triton_scale_indexes import _check_index_args, _index_blocks, _index_tile, _scale_indexes_fake
 
 __all__ = ["quantize", "quantize_with_indexes"]
@@ -46,26 +46,28 @@ def _rint(x):
 
 @triton.jit
 def _quantize_values(y, m, HAS_MEANS: tl.constexpr, C_DTYPE: tl.constexpr, C_WIDE: tl.constexpr,
-                     M_DTYPE: tl.constexpr, M_WIDE: tl.constexpr, Y_DTYPE: tl.constexpr):
+                     M_DTYPE: tl.constexpr, M_WIDE: tl.constexpr, Y_DTYPE: tl.constexpr, NATIVE: tl.constexpr):
     """Elementwise quantization of a tile -> (symbols int32, y_hat Y_DTYPE).
 
     C_DTYPE: dtype of y - means in PyTorch's promotion (computed in C_WIDE, then rounded to it,
     which equals the correctly rounded C_DTYPE result); M_DTYPE / M_WIDE likewise for
-    symbols + means.
+    symbols + means. NATIVE: hardware bfloat16 conversions (see `_triton_common._cast`).
     """
     if HAS_MEANS:
-        centered = _widen(_cast(_widen(y, C_WIDE) - _widen(m, C_WIDE), C_DTYPE), tl.float32)
+        centered = _widen(_cast(_widen(y, C_WIDE, NATIVE) - _widen(m, C_WIDE, NATIVE), C_DTYPE, NATIVE),
+                          tl.float32, NATIVE)
     else:
-        centered = _widen(y, tl.float32)
+        centered = _widen(y, tl.float32, NATIVE)
     r = _rint(centered)
     r = tl.where(r != r, 0.0, r)                       # NaN -> 0
     r = tl.where(r > _LIM, _LIM, r)                    # +inf / huge -> 2**31 - 128
     r = tl.where(r < -_LIM, -_LIM, r)
     symbols = r.to(tl.int32)                           # exact: r is an integer in range
     if HAS_MEANS:                                      # r is float32-exact, so r.to(M) == symbols.to(M)
-        y_hat = _cast(_cast(_widen(_cast(r, M_DTYPE), M_WIDE) + _widen(m, M_WIDE), M_DTYPE), Y_DTYPE)
+        y_hat = _cast(_cast(_widen(_cast(r, M_DTYPE, NATIVE), M_WIDE, NATIVE) + _widen(m, M_WIDE, NATIVE),
+                            M_DTYPE, NATIVE), Y_DTYPE, NATIVE)
     else:
-        y_hat = _cast(r, Y_DTYPE)
+        y_hat = _cast(r, Y_DTYPE, NATIVE)
     return symbols, y_hat
 
 
@@ -73,7 +75,7 @@ def _quantize_values(y, m, HAS_MEANS: tl.constexpr, C_DTYPE: tl.constexpr, C_WID
 def _quantize_kernel(y_ptr, m_ptr, sym_ptr, yhat_ptr, n,
                      HAS_MEANS: tl.constexpr, C_DTYPE: tl.constexpr, C_WIDE: tl.constexpr,
                      M_DTYPE: tl.constexpr, M_WIDE: tl.constexpr, Y_DTYPE: tl.constexpr,
-                     BLOCK: tl.constexpr):
+                     NATIVE: tl.constexpr, BLOCK: tl.constexpr):
     # y, means, symbols, y_hat: flat [n], all the same (broadcast) shape, contiguous
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -81,7 +83,7 @@ def _quantize_kernel(y_ptr, m_ptr, sym_ptr, yhat_ptr, n,
     m = y
     if HAS_MEANS:
         m = tl.load(m_ptr + offs, mask=mask, other=0.0)
-    symbols, y_hat = _quantize_values(y, m, HAS_MEANS, C_DTYPE, C_WIDE, M_DTYPE, M_WIDE, Y_DTYPE)
+    symbols, y_hat = _quantize_values(y, m, HAS_MEANS, C_DTYPE, C_WIDE, M_DTYPE, M_WIDE, Y_DTYPE, NATIVE)
     tl.store(sym_ptr + offs, symbols, mask=mask)
     tl.store(yhat_ptr + offs, y_hat, mask=mask)
 
@@ -91,7 +93,7 @@ def _quantize_with_indexes_kernel(y_ptr, m_ptr, h_ptr, w_ptr, bias_ptr, sym_ptr,
                                   C, M, HW, levels,
                                   HAS_MEANS: tl.constexpr, C_DTYPE: tl.constexpr,
                                   C_WIDE: tl.constexpr, M_DTYPE: tl.constexpr,
-                                  M_WIDE: tl.constexpr, Y_DTYPE: tl.constexpr,
+                                  M_WIDE: tl.constexpr, Y_DTYPE: tl.constexpr, NATIVE: tl.constexpr,
                                   SHIFT: tl.constexpr, BLOCK_M: tl.constexpr,
                                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     # grid (cdiv(HW, BLOCK_P), cdiv(M, BLOCK_M), B)
@@ -107,7 +109,7 @@ def _quantize_with_indexes_kernel(y_ptr, m_ptr, h_ptr, w_ptr, bias_ptr, sym_ptr,
     m = y
     if HAS_MEANS:
         m = tl.load(m_ptr + out, mask=mask, other=0.0)
-    symbols, y_hat = _quantize_values(y, m, HAS_MEANS, C_DTYPE, C_WIDE, M_DTYPE, M_WIDE, Y_DTYPE)
+    symbols, y_hat = _quantize_values(y, m, HAS_MEANS, C_DTYPE, C_WIDE, M_DTYPE, M_WIDE, Y_DTYPE, NATIVE)
     tl.store(sym_ptr + out, symbols, mask=mask)
     tl.store(yhat_ptr + out, y_hat, mask=mask)
 
@@ -122,7 +124,7 @@ def _quantize_with_indexes_kernel(y_ptr, m_ptr, h_ptr, w_ptr, bias_ptr, sym_ptr,
 # is written). Inputs are contiguous and already broadcast to one shape.
 # ------------------------------------------------------------------------------------------
 def _quant_dtypes(y: Tensor, means: Tensor | None) -> dict:
-    """constexpr dtypes of `_quantize_values` for PyTorch's promotion of y and means."""
+    """constexpr dtypes of `_quantize_values` for PyTorch's promotion of y and means, and NATIVE."""
     def wide(dt: torch.dtype):
         return tl.float64 if dt == torch.float64 else tl.float32
     for t in (y, means):
@@ -131,7 +133,7 @@ def _quant_dtypes(y: Tensor, means: Tensor | None) -> dict:
     mdt = y.dtype if means is None else means.dtype
     cdt = y.dtype if means is None else torch.promote_types(y.dtype, means.dtype)
     return dict(HAS_MEANS=means is not None, C_DTYPE=_TL[cdt], C_WIDE=wide(cdt), M_DTYPE=_TL[mdt],
-                M_WIDE=wide(mdt), Y_DTYPE=_TL[y.dtype])
+                M_WIDE=wide(mdt), Y_DTYPE=_TL[y.dtype], NATIVE=_native())
 
 
 def _launch_quantize(y: Tensor, means: Tensor | None, symbols: Tensor, y_hat: Tensor) -> None:
