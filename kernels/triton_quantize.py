@@ -150,11 +150,11 @@ def _launch_quantize_with_indexes(y: Tensor, means: Tensor | None, h: Tensor, we
     B, C, H, W = h.shape
     M = weight.shape[0]
     if idx.numel():
-        bm, bc, bp = _index_blocks(M)
-        grid = (triton.cdiv(H * W, bp), triton.cdiv(M, bm), B)
+        blocks = _index_blocks(M)
+        grid = (triton.cdiv(H * W, blocks["BLOCK_P"]), triton.cdiv(M, blocks["BLOCK_M"]), B)
         _quantize_with_indexes_kernel[grid](
             y, y if means is None else means, h, weight, bias, symbols, y_hat, idx, C, M, H * W, levels,
-            **_quant_dtypes(y, means), SHIFT=shift, BLOCK_M=bm, BLOCK_C=bc, BLOCK_P=bp)
+            **_quant_dtypes(y, means), SHIFT=shift, **blocks)
 
 
 

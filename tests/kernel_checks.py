@@ -125,18 +125,74 @@ def quantize_inputs(shape, dtype, device, with_means: bool, special: bool):
     return y.to(**to), None if means is None else means.to(**to)
 
 
-def index_inputs(B, C, H, W, M, device):
-    """h in the int scale network's range [0, 255], 12-bit weights; plus extreme rows that hit
-    both clamp ends and negative sums (floor of the arithmetic shift)."""
+def index_inputs(B, C, H, W, M, device, values="net"):
+    """h, weight, bias for scale_indexes. `values`:
+      "net":   the int scale network's range, h in [0, 255], 12-bit weights, plus extreme rows that
+               hit both clamp ends and negative sums (floor of the arithmetic shift); the kernel's
+               fp16 tensor-core path sums every chunk;
+      "big_h": |h| up to 10**6 (and the int32 ends), |w| <= 3: no chunk may take the fp16 path;
+      "big_w": |w| up to 2**20 (and the int32 ends), h in [0, 3]: likewise;
+      "big":   |h| up to 10**6, |w| up to 2**20;
+      "edge":  h in [2040, 2049] with |w| <= 3 on channels [0, 32), [64, 96) ..., |w| in
+               [2040, 2049] with h in [0, 3] on the others: at the fp16-exact limit 2048 (2049 is
+               not), chunk sums small;
+      "near":  h, w in [1024, 2049]: chunk sums far above 2**24, where an fp32 sum rounds;
+      "mixed": "net" values, but some channel ranges of h, some (row, channel) blocks of w and
+               some pixel blocks of h hold values beyond fp16 (2049 .. 70000, some fp16 inf):
+               fast and exact chunks in one tile.
+    Pair each set with its `index_scaling(values)` (shift, levels), so indexes show the sums."""
     h = torch.randint(0, 256, (B, C, H, W), dtype=torch.int32)
     weight = torch.randint(-2047, 2048, (M, C), dtype=torch.int32)
     bias = torch.randint(-(2**20), 2**20, (M,), dtype=torch.int32)
-    if M >= 3:
-        weight[0], bias[0] = 2047, 2**24           # saturates at levels - 1
-        weight[1], bias[1] = -2047, -(2**20)       # negative -> clamps at 0
-        weight[2] = 0                              # bias only, exact tie on the rounding point
-        bias[2] = 5 * 2**SHIFT + 2 ** (SHIFT - 1)
+    ends = torch.tensor([-(2**31), 2**31 - 1], dtype=torch.int32)
+    if values == "net":
+        if M >= 3:
+            weight[0], bias[0] = 2047, 2**24           # saturates at levels - 1
+            weight[1], bias[1] = -2047, -(2**20)       # negative -> clamps at 0
+            weight[2] = 0                              # bias only, exact tie on the rounding point
+            bias[2] = 5 * 2**SHIFT + 2 ** (SHIFT - 1)
+    elif values == "big_h":
+        h = torch.randint(-(10**6), 10**6 + 1, (B, C, H, W), dtype=torch.int32)
+        weight = torch.randint(-3, 4, (M, C), dtype=torch.int32)
+        if h.numel():
+            h.view(-1)[torch.randint(h.numel(), (2,))] = ends
+    elif values == "big_w":
+        h = torch.randint(0, 4, (B, C, H, W), dtype=torch.int32)
+        weight = torch.randint(-(2**20), 2**20 + 1, (M, C), dtype=torch.int32)
+        if weight.numel():
+            weight.view(-1)[torch.randint(weight.numel(), (2,))] = ends
+    elif values == "big":
+        h = torch.randint(-(10**6), 10**6 + 1, (B, C, H, W), dtype=torch.int32)
+        weight = torch.randint(-(2**20), 2**20 + 1, (M, C), dtype=torch.int32)
+    elif values == "edge":
+        hc = (torch.arange(C) // 32) % 2 == 0                 # channel chunks with h at the edge
+        wc = ~hc
+        h[:, hc] = torch.randint(2040, 2050, h[:, hc].shape, dtype=torch.int32)
+        weight[:, hc] = torch.randint(-3, 4, weight[:, hc].shape, dtype=torch.int32)
+        h[:, wc] = torch.randint(0, 4, h[:, wc].shape, dtype=torch.int32)
+        sign = torch.randint(0, 2, weight[:, wc].shape, dtype=torch.int32) * 2 - 1
+        weight[:, wc] = torch.randint(2040, 2050, weight[:, wc].shape, dtype=torch.int32) * sign
+    elif values == "near":
+        h = torch.randint(1024, 2050, (B, C, H, W), dtype=torch.int32)
+        weight = torch.randint(1024, 2050, (M, C), dtype=torch.int32)
+        bias = torch.randint(0, 2**20, (M,), dtype=torch.int32)
+    elif values == "mixed":
+        def big(n):
+            return torch.randint(2049, 70001, (n,), dtype=torch.int32)
+        hv = h.view(B, C, H * W)
+        hv[:, 32:48] = big(hv[:, 32:48].numel()).view(hv[:, 32:48].shape)      # some channel chunks
+        hv[:, 64:80, 256:] = big(hv[:, 64:80, 256:].numel()).view(hv[:, 64:80, 256:].shape)  # some pixels
+        weight[64:, :16] = big(weight[64:, :16].numel()).view(weight[64:, :16].shape)  # some rows
+    else:
+        raise ValueError(values)
     return h.to(device), weight.to(device), bias.to(device)
+
+
+def index_scaling(values: str) -> tuple[int, int]:
+    """(shift, levels) that make the indexes of `index_inputs(..., values)` informative: the
+    network's for "net", else the exact sums themselves (shift 0, levels 2**31 - 1; "big" sums need
+    2**24 less to stay mostly inside int32)."""
+    return {"net": (SHIFT, LEVELS), "big": (24, 2**31 - 1)}.get(values, (0, 2**31 - 1))
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -168,28 +224,30 @@ def check_quantize_mixed(device) -> None:
         assert_equal(a, e, f"quantize {n} broadcast means")
 
 
-def check_scale_indexes(B, C, H, W, M, device, shift=SHIFT, levels=LEVELS) -> None:
-    h, weight, bias = index_inputs(B, C, H, W, M, device)
+def check_scale_indexes(B, C, H, W, M, device, shift=SHIFT, levels=LEVELS, values="net") -> None:
+    h, weight, bias = index_inputs(B, C, H, W, M, device, values)
     ref = R.scale_indexes(h, weight, bias, shift, levels)
     for run in range(2):
         idx = _poisoned(h, torch.int32, run, shape=(B, M, H, W))
         triton_scale_indexes._launch_scale_indexes(h, weight, bias, shift, levels, idx)
-        assert_equal(idx, ref, f"scale_indexes {(B, C, H, W)} M={M} shift={shift} run {run}")
+        assert_equal(idx, ref, f"scale_indexes {(B, C, H, W)} M={M} shift={shift} {values} run {run}")
     assert_equal(triton_scale_indexes.scale_indexes(h, weight, bias, shift, levels), ref, "scale_indexes (public)")
 
 
-def check_quantize_with_indexes(B, C, H, W, M, dtype, device, with_means=True) -> None:
+def check_quantize_with_indexes(B, C, H, W, M, dtype, device, with_means=True, values="net") -> None:
     y, means = quantize_inputs((B, M, H, W), dtype, device, with_means, special=True)
-    h, weight, bias = index_inputs(B, C, H, W, M, device)
-    ref = R.quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS)
+    h, weight, bias = index_inputs(B, C, H, W, M, device, values)
+    shift, levels = index_scaling(values)
+    ref = R.quantize_with_indexes(y, means, h, weight, bias, shift, levels)
     names = ("symbols", "y_hat", "indexes")
     for run in range(2):
         outs = (_poisoned(y, torch.int32, run), _poisoned(y, dtype, run),
                 _poisoned(h, torch.int32, run, shape=(B, M, H, W)))
-        triton_quantize._launch_quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS, *outs)
+        triton_quantize._launch_quantize_with_indexes(y, means, h, weight, bias, shift, levels, *outs)
         for a, e, n in zip(outs, ref, names):
-            assert_equal(a, e, f"quantize_with_indexes {n} {(B, C, H, W)} M={M} {dtype} run {run}", ("y", y))
-    for a, e, n in zip(triton_quantize.quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS), ref, names):
+            assert_equal(a, e, f"quantize_with_indexes {n} {(B, C, H, W)} M={M} {dtype} {values} run {run}",
+                         ("y", y))
+    for a, e, n in zip(triton_quantize.quantize_with_indexes(y, means, h, weight, bias, shift, levels), ref, names):
         assert_equal(a, e, f"quantize_with_indexes {n} (public)")
 
 

@@ -43,6 +43,12 @@ def test_quantize_with_indexes(dims, dtype):
     K.check_quantize_with_indexes(*dims, dtype, "cpu", with_means=dims[0] != 2)
 
 
+@K.interpreter_case  # index chunks on both paths of the index tile (see K.index_inputs)
+@pytest.mark.parametrize("values", ["mixed", "big"])
+def test_quantize_with_indexes_beyond_fp16(values):
+    K.check_quantize_with_indexes(1, 80, 13, 23, 80, torch.float32, "cpu", values=values)
+
+
 @K.interpreter_case
 def test_opcheck():
     K.check_opcheck("cpu", "quantize", "quantize_with_indexes")
@@ -64,6 +70,12 @@ def test_gpu_quantize(shape, dtype, special):
 def test_gpu_quantize_with_indexes(dims):
     for dt in K.FLOATS:
         K.check_quantize_with_indexes(*dims, dt, "cuda")
+
+
+@K.gpu_test
+@pytest.mark.parametrize("values", ["mixed", "big", "near"])
+def test_gpu_quantize_with_indexes_beyond_fp16(values):
+    K.check_quantize_with_indexes(2, 80, 13, 23, 80, torch.float32, "cuda", values=values)
 
 
 @K.gpu_test
