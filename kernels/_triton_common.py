@@ -89,7 +89,13 @@ def _check_device(*tensors: Tensor | None) -> None:
 
 
 def _broadcast(*tensors: Tensor | None) -> list[Tensor | None]:
+    """The tensors expanded to their broadcast shape, contiguous. Tensors that already share one
+    shape and are contiguous come back as they are: no `torch.broadcast_shapes` (tens of
+    microseconds of Python), no expand views, which in eager mode cost more than a kernel launch."""
     ts = [t for t in tensors if t is not None]
+    first = ts[0].shape
+    if all(t.shape == first and t.is_contiguous() for t in ts):
+        return list(tensors)
     shape = torch.broadcast_shapes(*(t.shape for t in ts))
     return [None if t is None else t.expand(shape).contiguous() for t in tensors]
 
@@ -98,6 +104,18 @@ def _broadcast(*tensors: Tensor | None) -> list[Tensor | None]:
 # ------------------------------------------------------------------------------------------
 # torch.library custom ops (namespace slim_rt) with fake implementations for torch.compile
 # ------------------------------------------------------------------------------------------
+def _direct(*tensors: Tensor | None) -> bool:
+    """Whether to call a custom op's implementation directly instead of through the torch.library
+    dispatcher: in eager mode on plain tensors. The dispatcher's Python layers cost about 50-70 us
+    a call on the lent H100 machine's CPU (op vs bare launcher), as much as the kernels take on an
+    encoder-sized batch; the results are the same function's. Under torch.compile (and for fake or
+    other tensor subclasses) the ops are called, so tracing sees them with their fake
+    implementations."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(t is None or type(t) in (Tensor, torch.nn.Parameter) for t in tensors)
+
+
 def _custom_op(name: str, fake: Callable):
     """Register `slim_rt::name`; reuse the registration when this file is imported twice
     (it is reachable both as `kernels` and as `slim_rt.kernels`)."""
