@@ -7,6 +7,11 @@ median time of `triton.testing.do_bench` (it warms up and flushes L2), the bytes
 move (inputs read once + outputs written once), achieved GB/s and its share of the card's
 device-to-device copy bandwidth measured in the same run. Correctness is checked before timing.
 
+gaussian_likelihood_fwd_bwd is also split into its parts (SPLIT_OPS: the forward and backward
+kernels alone, the backward custom op alone, fwd+bwd through the dispatcher), and every row records
+the host time to issue one call, so one GPU run shows whether the kernels or the Python around them
+take the time.
+
 Without CUDA nothing is timed (the interpreter says nothing about GPU speed): the Triton kernels
 run under TRITON_INTERPRET=1 on a small shape, are checked against the references, and the
 result file records that only correctness was checked.
@@ -31,11 +36,22 @@ if not torch.cuda.is_available():  # must precede the first triton import
 
 from slim_rt import kernels as K  # noqa: E402
 from slim_rt.kernels import reference as R  # noqa: E402
+from slim_rt.kernels import triton_likelihood as TL  # noqa: E402
 from slim_rt.kernels import triton_ops as T  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHIFT, LEVELS, LOWER_BOUND = 12, 64, 0.11
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# rows that split gaussian_likelihood_fwd_bwd into its parts (no targets of their own); reference
+# column: the reference's forward, or its backward alone (autograd over a kept graph)
+#   _fwd_kernel: the forward launcher into a ready buffer (kernel + launch, no op or autograd layers)
+#   _bwd_kernel: the backward launcher into ready buffers (grad_y, grad_means, grad_scales in one pass)
+#   _bwd_op: torch.ops.slim_rt.gaussian_likelihood_bwd_means through the dispatcher (+ allocation)
+#   _fwd_bwd_dispatch: fwd+bwd with the custom ops called through the dispatcher (as under
+#       torch.compile), where gaussian_likelihood_fwd_bwd calls their implementations directly
+SPLIT_OPS = ("gaussian_likelihood_fwd_kernel", "gaussian_likelihood_bwd_kernel", "gaussian_likelihood_bwd_op",
+             "gaussian_likelihood_fwd_bwd_dispatch")
+HOST_CALLS = 50  # calls timed on the host (no synchronization) per row
 
 
 def make_inputs(shape, hidden, dtype, device):
@@ -56,6 +72,9 @@ def ops(y, means, scales, h, weight, bias):
     q_bytes = 2 * n * es + n * 4 + n * es
     yg, mg, sg = (t.detach().clone().requires_grad_(True) for t in (y, means, scales))
     grad = torch.ones_like(y)
+    lik_out = torch.empty_like(y)
+    gy_out, gm_out, gs_out = torch.empty_like(y), torch.empty_like(means), torch.empty_like(scales)
+    ref_graph = R.gaussian_likelihood(yg, mg, sg, LOWER_BOUND)  # the reference's graph, for its backward alone
 
     def fwd_bwd(impl):
         def run():
@@ -63,6 +82,25 @@ def ops(y, means, scales, h, weight, bias):
             return torch.autograd.grad(out, (yg, mg, sg), grad)
         return run
 
+    def fwd_bwd_dispatch():  # the same, through the torch.library dispatcher (as torch.compile sees it)
+        direct, TL._direct = TL._direct, lambda *t: False
+        try:
+            return fwd_bwd(T)()
+        finally:
+            TL._direct = direct
+
+    def fwd_kernel():
+        TL._launch_likelihood_fwd(y, means, scales, LOWER_BOUND, lik_out)
+        return lik_out
+
+    def bwd_kernel():
+        TL._launch_likelihood_bwd(grad, y, means, scales, LOWER_BOUND, gy_out, gs_out, gm_out)
+        return gy_out, gm_out, gs_out
+
+    def ref_fwd_bwd_split():  # the reference's backward alone: its forward graph is kept
+        return torch.autograd.grad(ref_graph, (yg, mg, sg), grad, retain_graph=True)
+
+    lik_fwd = lambda: R.gaussian_likelihood(y, means, scales, LOWER_BOUND)  # noqa: E731
     return {
         "quantize": (lambda: T.quantize(y, means), lambda: R.quantize(y, means), q_bytes),
         "scale_indexes": (lambda: T.scale_indexes(h, weight, bias, SHIFT, LEVELS),
@@ -74,10 +112,16 @@ def ops(y, means, scales, h, weight, bias):
         "quantize_with_indexes_auto": (
             lambda: K.quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS, impl="auto"),
             lambda: R.quantize_with_indexes(y, means, h, weight, bias, SHIFT, LEVELS), q_bytes + idx_bytes),
-        "gaussian_likelihood": (lambda: T.gaussian_likelihood(y, means, scales, LOWER_BOUND),
-                                lambda: R.gaussian_likelihood(y, means, scales, LOWER_BOUND), 4 * n * es),
-        # fwd (3 reads, 1 write) + fused bwd (grad + 3 inputs read, grad_d + grad_s written) + -grad_d
-        "gaussian_likelihood_fwd_bwd": (fwd_bwd(T), fwd_bwd(R), (4 + 6 + 2) * n * es),
+        "gaussian_likelihood": (lambda: T.gaussian_likelihood(y, means, scales, LOWER_BOUND), lik_fwd, 4 * n * es),
+        # fwd (3 reads, 1 write) + fused bwd (grad + 3 inputs read, grad_y, grad_means, grad_scales written)
+        "gaussian_likelihood_fwd_bwd": (fwd_bwd(T), fwd_bwd(R), (4 + 7) * n * es),
+        # where the fwd+bwd time goes (SPLIT_OPS: no targets of their own)
+        "gaussian_likelihood_fwd_kernel": (fwd_kernel, lik_fwd, 4 * n * es),
+        "gaussian_likelihood_bwd_kernel": (bwd_kernel, ref_fwd_bwd_split, 7 * n * es),
+        "gaussian_likelihood_bwd_op": (
+            lambda: torch.ops.slim_rt.gaussian_likelihood_bwd_means(grad, y, means, scales, LOWER_BOUND),
+            ref_fwd_bwd_split, 7 * n * es),
+        "gaussian_likelihood_fwd_bwd_dispatch": (fwd_bwd_dispatch, fwd_bwd(R), (4 + 7) * n * es),
     }
 
 
@@ -104,6 +148,20 @@ def copy_bandwidth(device) -> float:
     return 2 * src.numel() / (ms * 1e-3) / 1e9
 
 
+def host_us(fn, calls: int = HOST_CALLS) -> float:
+    """Mean host (CPU) time to issue one call, without waiting for the GPU: where it is close to or
+    above the GPU-side median, the op is bound by Python/launch overhead on this machine, not by
+    the kernels."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    us = (time.perf_counter() - t0) / calls * 1e6
+    torch.cuda.synchronize()
+    return us
+
+
 def bench(shape, hidden, device) -> list[dict]:
     from triton.testing import do_bench
     rows = []
@@ -112,7 +170,8 @@ def bench(shape, hidden, device) -> list[dict]:
             for impl, fn in (("triton", tf), ("reference", rf)):
                 ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
                 rows.append({"op": name, "dtype": str(dtype).replace("torch.", ""), "impl": impl,
-                             "median_ms": ms, "bytes": nbytes, "gbps": nbytes / (ms * 1e-3) / 1e9})
+                             "median_ms": ms, "bytes": nbytes, "gbps": nbytes / (ms * 1e-3) / 1e9,
+                             "host_us": host_us(fn)})
     return rows
 
 
@@ -122,7 +181,7 @@ def targets(result: dict) -> list[dict]:
     t = {(r["op"], r["dtype"], r["impl"]): r for r in result["timings"]}
     out = []
     for (op, dt, impl), r in t.items():
-        if impl == "triton":
+        if impl == "triton" and op not in SPLIT_OPS:
             share = r["gbps"] / result["copy_gbps"]
             out.append({"target": f"{op} {dt}: >= 70% of copy bandwidth", "value": f"{100 * share:.0f}%",
                         "met": share >= 0.7})
@@ -163,6 +222,15 @@ def markdown(result: dict) -> str:
     if result.get("targets"):
         lines += ["", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {x['target']} | {x['value']} | {'yes' if x['met'] else 'no'} |" for x in result["targets"]]
+    host = [r for r in result["timings"] if "host_us" in r]
+    if host:
+        lines += ["", f"Host time: mean CPU time to issue one call ({HOST_CALLS} calls, no synchronization). "
+                  "Where it is near or above the median, the row measures Python/launch overhead, not the GPU.", "",
+                  "| op | dtype | impl | median us | host us/call | host / median |", "|---|---|---|---|---|---|"]
+        for r in host:
+            med = r["median_ms"] * 1e3
+            lines.append(f"| {r['op']} | {r['dtype']} | {r['impl']} | {med:.0f} | {r['host_us']:.0f} | "
+                         f"{r['host_us'] / med:.2f} |")
     return "\n".join(lines) + "\n"
 
 
