@@ -185,7 +185,8 @@ class Pipeline:
         comp = self.model.compressors[rate]
         with self._timed("entropy_encode"):
             out = comp.compress_with(
-                y, z, lambda z_hat: self._run("hyper_synthesis", rate, z_hat=z_hat).float(), impl=self.impl)
+                y, z, lambda z_hat: self._run("hyper_synthesis", rate, z_hat=z_hat).float(), impl=self.impl,
+                timed=self._timed)
         zs, ys = out["strings"]
         header = lambda i: bsf.Header(W, H, rate, steps, captions[i], self.model.fingerprint)  # noqa: E731
         return [bsf.pack(bsf.Bitstream(header(i), zs[i], ys[i])) for i in range(B)]
@@ -231,7 +232,7 @@ class Pipeline:
             y_hat = comp.decompress_with(
                 [[s.z for s in streams], [s.y for s in streams]], z_shape,
                 lambda z_hat: self._run("hyper_synthesis", h0.rate, z_hat=z_hat).float(),
-                device=self.device, impl=self.impl)
+                device=self.device, impl=self.impl, timed=self._timed)
         latent = self._run("latent_synthesis", h0.rate, y_hat=y_hat).float()
         if k:
             ctx = self.context([s.header.caption for s in streams])

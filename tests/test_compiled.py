@@ -36,6 +36,22 @@ def test_compiled_backend_cpu_matches_eager(tiny_dir):
     assert cd.timings and all(v >= 0 for v in cd.timings.values())
 
 
+def test_dynamic_compile_covers_non_square_shapes():
+    """dynamic=True: one compile serves a square and then a non-square shape. Dynamo's duck sizing would
+    otherwise guard H == W after a square first call and recompile (minutes for a real autoencoder)."""
+    import threading
+
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    stage = CompiledStage("vae_decoder", lambda latent: conv(latent) * 2, torch.device("cpu"),
+                          CompileOptions(dynamic=True), threading.RLock())
+    with torch.no_grad():
+        a = stage(latent=torch.randn(1, 4, 8, 8))["image"]
+        with torch._dynamo.config.patch(error_on_recompile=True):  # a recompile raises
+            x = torch.randn(1, 4, 8, 12)
+            b = stage(latent=x)["image"]
+        assert a.shape == (1, 4, 8, 8) and torch.allclose(b, conv(x) * 2, atol=1e-5)
+
+
 def test_compile_options_are_frozen():
     with pytest.raises(Exception):
         CompileOptions().mode = "x"

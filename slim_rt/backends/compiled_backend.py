@@ -21,6 +21,7 @@ On the CPU it is inductor without graphs (needs a C++ compiler, as torch.compile
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 from dataclasses import dataclass
@@ -44,6 +45,16 @@ class CompileOptions:
     warmup_calls: int = 2            # compiled calls before a capture (compile + allocator warm-up)
 
 
+def _no_duck_sizing():
+    """torch's config patch that turns duck sizing off while dynamo traces (a private torch config: where
+    this torch lacks it, tracing keeps torch's default)."""
+    try:
+        from torch.fx.experimental import _config as fx_config
+        return fx_config.patch(use_duck_shape=False)
+    except (ImportError, AttributeError):
+        return contextlib.nullcontext()
+
+
 _CONV_STAGES = ("vae_encoder", "vae_decoder", "latent_analysis", "hyper_analysis", "hyper_synthesis",
                 "latent_synthesis", "unet")
 
@@ -64,8 +75,8 @@ class CompiledStage:
         self.inputs, self.outputs = STAGES[name.split("/")[0]]
         self.device = device
         self.opts = opts
-        self.fn = torch.compile(own_code(fn, name), mode=None if opts.mode == "default" else opts.mode,
-                                dynamic=opts.dynamic)
+        self._compiled = torch.compile(own_code(fn, name), mode=None if opts.mode == "default" else opts.mode,
+                                       dynamic=opts.dynamic)
         self.graphs: dict[tuple, _Graph | None] = {}   # None: this shape runs without a graph
         self._lock = lock                               # one per backend: captures and replays serialise
         self._pool = pool
@@ -73,6 +84,13 @@ class CompiledStage:
 
     def __repr__(self) -> str:
         return f"CompiledStage({self.name}, graphs={sum(g is not None for g in self.graphs.values())})"
+
+    def fn(self, *args: Tensor) -> Tensor:
+        """The compiled function. Traced without duck sizing: by default dynamo assumes that sizes equal
+        at the first call stay equal (H == W for a square image), so one compile with symbolic sizes
+        would recompile (minutes for the autoencoder) at the first non-square shape."""
+        with _no_duck_sizing():
+            return self._compiled(*args)
 
     def _args(self, inputs: dict[str, Tensor]) -> list[Tensor]:
         args = [inputs[n] for n in self.inputs]

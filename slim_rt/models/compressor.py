@@ -13,7 +13,8 @@ Shapes (latent x: [B, C, h, w], h and w multiples of 8):
 """
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, ContextManager
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,11 @@ from compressai.layers import ResidualBlock, conv3x3, subpel_conv3x3  # noqa: E4
 from slim_rt.models.intnet import IntScaleSynthesis
 
 TensorFn = Callable[[Tensor], Tensor]
+Timed = Callable[[str], ContextManager]
+
+
+def _untimed(name: str) -> ContextManager:
+    return contextlib.nullcontext()
 
 
 class LatentAnalysis(nn.Sequential):  # g_a
@@ -96,15 +102,18 @@ class SlimCompressor(nn.Module):
 
     # -- coding ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def compress_with(self, y: Tensor, z: Tensor, mean_fn: TensorFn, impl: str = "auto") -> dict:
-        """Entropy-code y given z; `mean_fn` is the (backend's) hyper-synthesis mean branch."""
+    def compress_with(self, y: Tensor, z: Tensor, mean_fn: TensorFn, impl: str = "auto",
+                      timed: Timed = _untimed) -> dict:
+        """Entropy-code y given z; `mean_fn` is the (backend's) hyper-synthesis mean branch. `timed(name)`
+        wraps the exact index path (a pipeline's stage timer: "scale_indexes")."""
         z_sym, z_hat = self.entropy_bottleneck.quantize_symbols(z, impl=impl)
         means = mean_fn(z_hat).to(y.dtype)
-        p = self.int_params()
-        h = self.h_s_scale.hidden_int(z_sym, p)
-        w, b, shift, levels = self.h_s_scale.head(p)
-        y_sym, y_hat, idx = kernels.quantize_with_indexes(
-            y.contiguous(), means.contiguous(), h, w.to(h.device), b.to(h.device), shift, levels, impl=impl)
+        with timed("scale_indexes"):
+            p = self.int_params()
+            h = self.h_s_scale.hidden_int(z_sym, p)
+            w, b, shift, levels = self.h_s_scale.head(p)
+            y_sym, y_hat, idx = kernels.quantize_with_indexes(
+                y.contiguous(), means.contiguous(), h, w.to(h.device), b.to(h.device), shift, levels, impl=impl)
         return {
             "strings": [self.entropy_bottleneck.encode(z_sym), self.gaussian.encode(y_sym, idx)],
             "z_shape": tuple(z.shape[-2:]),
@@ -113,12 +122,13 @@ class SlimCompressor(nn.Module):
 
     @torch.inference_mode()
     def decompress_with(self, strings: list[list[bytes]], z_shape: tuple[int, int], mean_fn: TensorFn,
-                        device: torch.device | str = "cpu", impl: str = "auto") -> Tensor:
+                        device: torch.device | str = "cpu", impl: str = "auto", timed: Timed = _untimed) -> Tensor:
         """strings [z_strings, y_strings] -> y_hat [B, M, 4h, 4w]."""
         z_sym = self.entropy_bottleneck.decode(strings[0], z_shape).to(device)
         z_hat = self.entropy_bottleneck.dequantize_symbols(z_sym)
         means = mean_fn(z_hat).float()
-        idx = self.h_s_scale.indexes(z_sym, self.int_params(), impl=impl)
+        with timed("scale_indexes"):
+            idx = self.h_s_scale.indexes(z_sym, self.int_params(), impl=impl)
         y_sym = self.gaussian.decode(strings[1], idx).to(device)
         return y_sym.to(means.dtype) + means
 
