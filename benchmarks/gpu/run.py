@@ -4,7 +4,7 @@
     bash benchmarks/gpu/run.sh                # on the GPU machine (OUT=folder for the results)
 
 Each section runs in its own process under its own time limit, inside one overall budget (default
-500 s), so a section that hangs or breaks costs only its share and the others still report. Results go
+540 s), so a section that hangs or breaks costs only its share and the others still report. Results go
 to --out (at most 8 files: run.log, gpu-tests.txt, kernels-*.json/.md, latency-*.json/.md, sd15-*.json).
 Without CUDA it runs the CPU subset (the GPU tests are collected and skipped, the kernels are checked
 under the Triton interpreter, latency and SD-1.5 run tiny smoke configurations) and says so: that is how
