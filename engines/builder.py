@@ -95,6 +95,8 @@ def build_engine(onnx_path: Path, spec, profile: Profile, precision: str, out: P
             config.set_flag(trt.BuilderFlag.FP16)
         elif precision == "bf16":
             config.set_flag(trt.BuilderFlag.BF16)
+        elif precision == "int8":  # a QDQ graph (slim_rt.export.quantize): explicit quantization
+            config.set_flag(trt.BuilderFlag.INT8)
     opt_profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in spec.profile_shapes(profile).items():
         opt_profile.set_shape(name, lo, opt, hi)
@@ -140,7 +142,8 @@ def build_engines(root: str | Path, stages: list[str] | None = None, timing_cach
             except EngineMismatchError:
                 pass
         try:
-            build_engine(onnx_path, specs[key], profile, manifest.precision, plan, timing_cache)
+            precision = manifest.stages[key].get("dtype", manifest.precision)  # "int8" for a quantized stage
+            build_engine(onnx_path, specs[key], profile, precision, plan, timing_cache)
         except Exception as e:
             msg = first_line(e)
             say(f"trt {key:<22} FAILED: {msg}")

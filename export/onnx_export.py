@@ -10,7 +10,8 @@ min shape vs the fp32 PyTorch reference. Errors are recorded in manifest.json.
 
 The integer scale network is *not* exported: it runs through slim_rt.kernels from the integer
 weights in the copied compressor safetensors (docs/exact-entropy.md). Compressor stages are always
-fp32; `precision` applies to the base stages (VAE, text encoder, UNet).
+fp32; `precision` applies to the base stages (VAE, text encoder, UNet). `int8=("vae_decoder",)`
+replaces an autoencoder stage by its calibrated int8 graph for the CPU (slim_rt.export.quantize).
 """
 from __future__ import annotations
 
@@ -190,8 +191,12 @@ def _copy_model_files(model, out: Path) -> list[str]:
 def export_model(model_or_path, out_dir: str | Path, *, precision: str = "fp32", opset: int = 17,
                  size: tuple[int, int] = (256, 256), batch: int = 1, min_size: tuple[int, int] | None = None,
                  max_size: tuple[int, int] | None = None, stages: list[str] | None = None, check: bool = True,
-                 local_files_only: bool = True, progress: Callable[[str], None] | None = None) -> ExportManifest:
-    """Export every stage (or `stages`) to `out_dir`; returns the manifest (also written to disk)."""
+                 local_files_only: bool = True, progress: Callable[[str], None] | None = None,
+                 int8: tuple[str, ...] = (), calibration: list[Tensor] | None = None) -> ExportManifest:
+    """Export every stage (or `stages`) to `out_dir`; returns the manifest (also written to disk).
+    int8: autoencoder stages to quantize to int8 for the CPU (slim_rt.export.quantize), calibrated on
+    `calibration` ([3,H,W] images in [0,1]); needs precision fp32."""
+    from slim_rt.export import quantize as q8
     from slim_rt.models.slim import SlimModel
 
     say = progress or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -208,7 +213,20 @@ def export_model(model_or_path, out_dir: str | Path, *, precision: str = "fp32",
     for k in keys:
         if k not in specs:
             raise ValueError(f"unknown stage {k!r} (this model has: {', '.join(specs)})")
+    int8 = tuple(dict.fromkeys(int8))
+    for k in int8:
+        if k not in q8.INT8_STAGES:
+            raise ValueError(f"int8 is offered for {', '.join(q8.INT8_STAGES)}, not {k!r}")
+        if k not in keys:
+            raise ValueError(f"int8 stage {k!r} is not among the exported stages")
+    if int8 and precision != "fp32":
+        raise ValueError(f"int8 stages are quantized from fp32: use precision fp32, not {precision}")
+    if int8 and not calibration:
+        raise ValueError("int8 stages need calibration images")
+    feeds = {k: q8.calibration_inputs(model, k, calibration) for k in int8}
     flags = {"precision": precision, "opset": opset, "profile": profile.to_json(), "exporter": "torchscript"}
+    if int8:
+        flags["int8"] = {k: q8.feeds_sha256(f) for k, f in feeds.items()}
     chash = content_hash(model, specs, flags)
     mods = stage_modules(model)
     pdtype = PRECISIONS[precision]
@@ -254,7 +272,6 @@ def export_model(model_or_path, out_dir: str | Path, *, precision: str = "fp32",
             entry = {"onnx": str(rel), "files": {str(Path("onnx") / f): sha256_file(out / "onnx" / f) for f in written},
                      "inputs": spec.input_names, "outputs": spec.output_names,
                      "dtype": precision if spec.kind == "base" else "fp32"}
-            t_exp = time.perf_counter() - t0
             parity = {}
             if check:
                 sess = ort_session(out / rel)
@@ -270,11 +287,17 @@ def export_model(model_or_path, out_dir: str | Path, *, precision: str = "fp32",
                                           f"max rel error {r:.2e} > {tol:.0e} (max abs {a:.2e})")
                 parity["tolerance"] = tol
                 del sess
-            entry["parity"] = parity
-            entry["export_s"] = round(t_exp, 3)
+            entry["parity"] = parity  # of the fp32 graph; an int8 stage records its own check
+            note = ""
+            if k in int8:
+                rel8, entry["int8"] = q8.quantize_exported_stage(out, k, rel, feeds[k], len(calibration))
+                entry.update(onnx=str(rel8), files={str(rel8): sha256_file(out / rel8)}, dtype="int8")
+                note = f", int8 {entry['int8'].get('psnr_db', entry['int8']['snr_db']):.1f} dB from fp32"
+            entry["export_s"] = round(time.perf_counter() - t0, 3)
             manifest.stages[k] = entry
             worst = max((p["max_rel"] for p in parity.values() if isinstance(p, dict)), default=float("nan"))
-            say(f"export {k:<22} ok  {t_exp:6.1f} s  " + (f"max rel err {worst:.1e}" if check else "not checked"))
+            say(f"export {k:<22} ok  {time.perf_counter() - t0:6.1f} s  " +
+                (f"max rel err {worst:.1e}" if check else "not checked") + note)
         except Exception as e:
             msg = first_line(e)
             say(f"export {k:<22} FAILED: {msg}")

@@ -175,8 +175,9 @@ class Encoder:
         return dict(self.pipeline.timings)
 
     def encode(self, image, caption: str | None = None, *, rate: int | None = None) -> bytes:
-        """Image (PIL, ndarray, CHW tensor or path) -> .slim bytes. caption=None: auto caption;
-        caption="" stores no caption."""
+        """Image (PIL, ndarray, CHW tensor or path) -> .slim bytes. caption=None: an automatic caption
+        when the encoder suggests enhancement (steps >= 1), none at steps 0 (a K=0 decode never reads
+        it); caption="" stores no caption, a string stores that one."""
         return self.encode_batch([image], None if caption is None else [caption], rate=rate)[0]
 
     def encode_batch(self, images: list, captions: list[str | None] | None = None, *,
@@ -199,7 +200,8 @@ class Encoder:
                    for b in _budget_chunks(idx, shape[2], shape[1], self.max_pixels, "encoder")]
         caps: list[str | None] = list(captions) if captions is not None else [None] * len(tensors)
         for i in [i for i, c in enumerate(caps) if c is None]:  # per image: images may differ in size
-            caps[i] = self.captioner(tensors[i][None].to(self.pipeline.device))[0]
+            # the caption conditions enhancement only: at steps 0 its bytes would buy nothing
+            caps[i] = self.captioner(tensors[i][None].to(self.pipeline.device))[0] if self.steps else ""
         out: list[bytes | None] = [None] * len(tensors)
         for idx in batches:
             batch = torch.stack([tensors[i] for i in idx])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from slim_rt.errors import BitstreamError
 
@@ -95,6 +95,13 @@ def pack(bs: Bitstream) -> bytes:
     body = (_FIXED.pack(MAGIC, VERSION, h.fingerprint, h.width, h.height, h.rate, h.steps)
             + _varint(len(cap)) + cap + _varint(len(bs.z)) + _varint(len(bs.y)) + bs.z + bs.y)
     return body + struct.pack(">I", zlib.crc32(body))
+
+
+def with_caption(data: bytes, caption: str) -> bytes:
+    """The same file with another caption (e.g. "" for a K=0 decode, which never reads it): the bytes an
+    encoder given that caption writes, since the coded streams do not depend on it."""
+    bs = parse(data)
+    return pack(Bitstream(replace(bs.header, caption=caption), bs.z, bs.y))
 
 
 def parse(data: bytes) -> Bitstream:

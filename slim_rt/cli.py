@@ -263,7 +263,8 @@ def cmd_demo(args) -> int:
     print(f"model    {enc.model.config.name} ({model}), rate {args.rate}/{enc.model.num_rates - 1}, "
           f"loaded in {load_ms:.0f} ms")
     print(f"image    {label}: {img.width}x{img.height}")
-    print(f"caption  {info['caption']!r} ({info['bytes']['caption']} bytes, counted in the file)")
+    print(f"caption  {info['caption']!r} ({info['bytes']['caption']} bytes, counted in the file)" if info["caption"]
+          else "caption  none (steps 0: the decoder would not read one; --steps 1 sends one)")
     print(f"file     {info['bytes']['total']} bytes = {info['bpp']:.4f} bpp "
           f"(header {info['bytes']['header']}, z {info['bytes']['z']}, y {info['bytes']['y']})")
     print(f"encode   {enc_ms:.0f} ms  " + "  ".join(f"{k} {v:.1f}" for k, v in enc_t.items()))
@@ -299,11 +300,17 @@ def cmd_export(args) -> int:
         from slim_rt.export.onnx_export import ExportError, export_model
     except ImportError as e:
         raise CliError(f"export needs onnx and onnxruntime ({e}): pip install 'slim-rt[export]'") from None
+    calibration = None
+    if args.int8:
+        if not args.calibration:
+            raise CliError("--int8 needs --calibration DIR (training images, never an evaluation set)")
+        from slim_rt.export.quantize import load_calibration_images
+        calibration = load_calibration_images(args.calibration, args.calibration_images, tuple(args.size))
     try:
         export_model(_model(args), args.out, precision=args.precision, opset=args.opset, size=tuple(args.size),
                      batch=args.batch, min_size=tuple(args.min_size) if args.min_size else None,
                      max_size=tuple(args.max_size) if args.max_size else None, stages=args.stages,
-                     check=not args.no_check)
+                     check=not args.no_check, int8=tuple(args.int8 or ()), calibration=calibration)
     except ExportError as e:
         raise CliError(f"export failed: {e}") from None
     if args.trt:
@@ -335,6 +342,10 @@ def _add_deploy_commands(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="optimal and largest batch (default 1)")
     p.add_argument("--stages", nargs="+", help="export only these stage keys (default: all)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.add_argument("--int8", nargs="+", choices=["vae_decoder", "vae_encoder"],
+                   help="quantize these autoencoder stages to int8 for the CPU (needs --calibration)")
+    p.add_argument("--calibration", help="image folder for --int8 calibration (training images)")
+    p.add_argument("--calibration-images", type=int, default=32, help="images to calibrate on (default 32)")
     p.add_argument("--trt", action="store_true", help="also build TensorRT engines (needs tensorrt + a GPU)")
     p.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
     p.set_defaults(fn=cmd_export)

@@ -60,6 +60,25 @@ def test_caption_bytes_count(codec):
         enc.encode(img, caption="x" * 1000)
 
 
+def test_auto_caption_only_when_enhancement_is_suggested(codec):
+    from slim_rt import bitstream as bsf
+    from slim_rt.captions import FixedCaptioner
+    enc, dec = codec
+    img = rand_image(64, 64)
+    k1 = slim_rt.Encoder(enc.pipeline, captioner=FixedCaptioner("a photo of a cat"), steps=1)
+    k0 = slim_rt.Encoder(enc.pipeline, captioner=FixedCaptioner("a photo of a cat"), steps=0)
+    with_cap, without = k1.encode(img), k0.encode(img)
+    assert slim_rt.inspect(with_cap)["caption"] == "a photo of a cat"
+    assert slim_rt.inspect(without)["caption"] == "" and slim_rt.inspect(without)["bytes"]["caption"] == 0
+    assert slim_rt.inspect(k0.encode(img, caption="kept"))["caption"] == "kept"  # an explicit one is sent
+    # the coded streams do not depend on the caption: with_caption gives the encoder's own bytes
+    k0_written = bsf.parse(without)
+    assert bsf.with_caption(with_cap, "") == bsf.pack(bsf.Bitstream(
+        bsf.Header(64, 64, 0, 1, "", k0_written.header.fingerprint), k0_written.z, k0_written.y))
+    assert len(without) == len(with_cap) - len("a photo of a cat")  # its length byte stays (0)
+    assert torch.equal(dec.decode(without, steps=0, output="tensor"), dec.decode(with_cap, steps=0, output="tensor"))
+
+
 def test_decode_is_deterministic_and_steps_override(codec):
     enc, dec = codec
     data = enc.encode(rand_image(64, 96))

@@ -7,7 +7,7 @@ Protocol (docs/eval.md, slim_rt.evaluation.protocol): each image -> resize short
 antialiased) -> center crop 256x256 -> 8-bit RGB: that crop is what every codec compresses. The
 classifier sees the decoded image through its own preprocessing (default EfficientNet-Lite0: resize
 256 = no-op, center crop 224, (x - 0.498) / 0.502). bpp = 8 * file bytes / (256 * 256), the whole file
-(SLIM: header + caption).
+(SLIM: header + caption; a K=0 file carries no caption, as the encoder writes it at steps 0).
 
 Writes OUT_DIR/eval-<model>-<split>[-<tag>].csv (per image), .json (per setting + BD-rates), .md
 (table) and .png (top-1 vs bpp); OUT_DIR defaults to `slim_rt.evaluation.results_dir()`.
@@ -123,6 +123,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     model_name = None
     if "slim" in codecs:
         import slim_rt
+        from slim_rt import bitstream as bsf
         from slim_rt.captions import FixedCaptioner
         from slim_rt.pipeline import MAX_DECODE_STEPS
         model = model or default_model(lambda m: log(f"note: {m}"))
@@ -148,17 +149,19 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
                 datas += enc.encode_batch([im.image for im in images[i:i + batch]], caps[i:i + batch], rate=r)
                 n = len(images[i:i + batch])
                 enc_ms += [(time.perf_counter() - t) * 1e3 / n] * n
-            for k in ks:  # the same bitstreams, decoded with K steps (a decoder override)
+            for k in ks:  # the same streams, decoded with K steps (a decoder override)
+                # K=0 never reads the caption: its files carry none, as the encoder writes them at steps 0
+                kdatas, kcaps = (datas, caps) if k else ([bsf.with_caption(d, "") for d in datas], [""] * N)
                 recs, dec_ms, unet_ms = [], [], []
                 gk = g if k else 1.0
                 for i in range(0, N, batch):
                     t = time.perf_counter()
-                    out = dec.decode_batch(datas[i:i + batch], steps=k, guidance=gk, output="tensor")
+                    out = dec.decode_batch(kdatas[i:i + batch], steps=k, guidance=gk, output="tensor")
                     dec_ms += [(time.perf_counter() - t) * 1e3 / len(out)] * len(out)
                     unet_ms += [dec.timings.get("unet", 0.0) / len(out)] * len(out)
                     recs += [quantize(x) for x in out]
                 curve = f"slim-k{k}" + (f"-g{gk:g}" if gk != 1.0 else "")
-                add("slim", curve, f"r{r}-k{k}", datas, recs, enc_ms, dec_ms, rate=r, k=k, caps=caps,
+                add("slim", curve, f"r{r}-k{k}", kdatas, recs, enc_ms, dec_ms, rate=r, k=k, caps=kcaps,
                     unet_ms=unet_ms)
         del enc, dec
 
