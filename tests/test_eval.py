@@ -196,3 +196,17 @@ def test_eval_script_is_the_package(data_dir, tiny_dir, tmp_path):
     js = json.loads((tmp_path / f"eval-baselines-{data_dir.name}-first2.json").read_text())
     assert js["n_images"] == 2 and {a["curve"] for a in js["settings"]} == {"jpeg", "webp"}
     assert "BD-rate" not in r.stdout and "| jpeg | q5 |" in r.stdout
+
+
+def test_eval_decodes_through_an_export(ev, data_dir, tiny_dir, exported, tmp_path):
+    """--decoder-export: the same files (torch encoder) decoded by ONNX Runtime on an exported directory."""
+    kw = dict(model=str(tiny_dir), out_dir=tmp_path, codecs="slim", steps=[0], batch=4, threads=1, log=lambda m: None)
+    a = ev.run_eval(data_dir, **kw)
+    b = ev.run_eval(data_dir, decoder_export=exported[0], tag="ort", **kw)
+    assert a["decoder_export"] is None
+    assert b["decoder_export"]["content_hash"] == exported[1].content_hash
+    assert b["decoder_export"]["dtypes"]["vae_decoder"] == "fp32" and b["decoder_export"]["int8"] == {}
+    sa = {x["setting"]: x for x in a["settings"]}
+    for x in b["settings"]:  # same bytes; fp32 ONNX decodes to (nearly) the same pixels
+        assert x["bytes"] == sa[x["setting"]]["bytes"]
+        assert x["psnr"] == pytest.approx(sa[x["setting"]]["psnr"], abs=0.05)
