@@ -6,7 +6,7 @@
 
 Backends: torch (eager fp32), torch-fp16, torch-bf16, compiled (torch.compile per stage + CUDA graphs
 on a GPU, slim_rt.backends.compiled_backend), compiled-fp16, compiled-bf16, ort, trt (an export made on
-the fly unless --export-dir). Sizes are N (square) or WxH.
+the fly unless --export-dir), ort-int8 (an export with int8 stages: --int8-export-dir). Sizes are N (square) or WxH.
 
 Per backend, size and batch: warm-up (compiles and captures the compiled backend's graphs for that
 shape), then `repeats` timed encodes and, per K, `repeats` timed decodes with no GPU synchronisation
@@ -96,7 +96,7 @@ def _median_stages(runs: list[dict]) -> dict:
 BACKEND_DTYPES = {"torch": ("torch", None), "torch-fp16": ("torch", torch.float16),
                   "torch-bf16": ("torch", torch.bfloat16), "compiled": ("compiled", None),
                   "compiled-fp16": ("compiled", torch.float16), "compiled-bf16": ("compiled", torch.bfloat16),
-                  "ort": ("ort", None), "trt": ("trt", None)}
+                  "ort": ("ort", None), "ort-int8": ("ort", None), "trt": ("trt", None)}
 CAPTION = "a photo of a cat"
 
 
@@ -232,6 +232,11 @@ def _load_codecs(args, model, device) -> tuple[dict, object]:
             enc = slim_rt.Encoder.from_pretrained(model, rate=args.rate, device=device, backend=kind, dtype=dtype,
                                                   captioner=cap, steps=max(args.steps), text_encoder=args.text_encoder,
                                                   compile_options=opts)
+        elif name == "ort-int8":  # an export with int8 stages: calibration needs images, so it is given
+            if not args.int8_export_dir:
+                raise ValueError("backend ort-int8 needs --int8-export-dir (slim-rt export --int8 vae_decoder ...)")
+            enc = slim_rt.Encoder.from_engines(args.int8_export_dir, kind, rate=args.rate, device=device,
+                                               captioner=cap, steps=max(args.steps))
         else:
             if export_dir is None:
                 from slim_rt.export import export_model
@@ -263,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backends", nargs="+", default=["torch", "ort"], choices=list(BACKEND_DTYPES))
     ap.add_argument("--export-dir", help="an existing `slim-rt export` dir for ort/trt (default: export now)")
+    ap.add_argument("--int8-export-dir", help="an export with int8 stages (slim-rt export --int8) for ort-int8")
     ap.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled backends")
     ap.add_argument("--compile-shapes", choices=["auto", "dynamic", "static"], default="auto",
                     help="dynamic: symbolic sizes from the start (one compile per stage for all shapes); static: "
