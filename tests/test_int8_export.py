@@ -122,3 +122,16 @@ def test_cli_int8(tae_dir, tmp_path, capsys):
     assert main(["export", "--model", str(tae_dir), "--out", str(out), "--int8", "vae_decoder",
                  "--calibration", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_latency_bench_ort_int8(int8_export, tae_dir, tmp_path, capsys):
+    from slim_rt.evaluation.latency import main
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tae_dir), "--backends", "ort-int8"])
+    assert e.value.code == 2 and "--int8-export-dir" in capsys.readouterr().err
+    assert main(["--model", str(tae_dir), "--sizes", "64", "--steps", "0", "--repeats", "2", "--warmup", "1",
+                 "--backends", "torch", "ort-int8", "--int8-export-dir", str(int8_export[0]),
+                 "--out", str(tmp_path)]) == 0
+    res = json.loads(next(tmp_path.glob("latency-*.json")).read_text())
+    row = res["backends"]["ort-int8"]["64x64/b1"]["decode_k0"]
+    assert row["median_ms"] > 0 and "vae_decoder" in row["stages_ms"]

@@ -233,8 +233,6 @@ def _load_codecs(args, model, device) -> tuple[dict, object]:
                                                   captioner=cap, steps=max(args.steps), text_encoder=args.text_encoder,
                                                   compile_options=opts)
         elif name == "ort-int8":  # an export with int8 stages: calibration needs images, so it is given
-            if not args.int8_export_dir:
-                raise ValueError("backend ort-int8 needs --int8-export-dir (slim-rt export --int8 vae_decoder ...)")
             enc = slim_rt.Encoder.from_engines(args.int8_export_dir, kind, rate=args.rate, device=device,
                                                captioner=cap, steps=max(args.steps))
         else:
@@ -277,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results in a source checkout, "
                                                  "else ./slim-rt-results)")
     args = ap.parse_args(argv)
+    if "ort-int8" in args.backends and not args.int8_export_dir:
+        ap.error("backend ort-int8 needs --int8-export-dir (slim-rt export --int8 vae_decoder ...)")
     t0 = time.perf_counter()
     deadline = t0 + args.time_budget_s if args.time_budget_s else float("inf")
 
