@@ -404,7 +404,7 @@ class Server:
             batches = range(1, c.max_batch + 1) if c.backend == "compiled" else (1,)
             for enc, dec in self.codecs:
                 dec.warmup(sizes=[size], batch_sizes=tuple(batches))
-                enc.encode(np.full((*size, 3), 128, np.uint8))  # loads the automatic captioner too
+                enc.encode(np.full((*size, 3), 128, np.uint8))  # and the automatic captioner, if K >= 1
             self._say(f"warmed up at {size[1]}x{size[0]} in {time.perf_counter() - t0:.1f} s")
         self._start_triton()
         return self
