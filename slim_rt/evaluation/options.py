@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", help="suffix for the output file names")
     p.add_argument("--baselines-from", help="reuse the JPEG/WebP/AVIF settings of an earlier eval JSON (same images)")
     p.add_argument("--decoder-export", help="decode with ONNX Runtime on this exported directory (slim-rt export, "
-                                            "e.g. with --int8 vae_decoder); files are encoded by the torch model")
+                                            "e.g. with --int8 vae_decoder); default: the torch model")
+    p.add_argument("--encoder-export", help="encode with ONNX Runtime on this exported directory (e.g. with --int8 "
+                                            "vae_encoder); default: the torch model")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared CPU)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance of the decoder, e.g. for a many-step teacher (default 1: none)")

@@ -44,7 +44,7 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
              classifier=None, captioner=None, qualities: dict | None = None, baseline_scales=(1.0,),
              batch: int = 16, tag: str | None = None, bd_method: str = "pchip", write: bool = True,
              threads: int | None = None, guidance: float = 1.0, baselines_from=None, decoder_export=None,
-             log=_log) -> dict:
+             encoder_export=None, log=_log) -> dict:
     """Evaluate; returns the aggregated results dict (also written as JSON when write=True).
 
     classifier: a `slim_rt.classifier.Classifier` (logits of [B,3,H,W] in [0,1], own preprocessing);
@@ -56,8 +56,8 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
     steps: the K to decode every bitstream with (a decoder override: up to MAX_DECODE_STEPS, e.g. a
     many-step teacher); guidance: classifier-free guidance of the decoder (1 = none).
     baselines_from: an earlier eval JSON on the same images whose classical settings are reused.
-    decoder_export: decode with ONNX Runtime on this exported directory (its stages as exported, e.g. an
-    int8 vae_decoder) instead of the torch model that encodes.
+    decoder_export / encoder_export: decode / encode with ONNX Runtime on this exported directory (its
+    stages as exported, e.g. an int8 vae_decoder or vae_encoder) instead of the torch model.
     BD-rates are also reported against the classical envelope (every classical point pooled)."""
     prev_threads = torch.get_num_threads()
     if threads:
@@ -65,14 +65,14 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
     try:
         return _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
                          qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from,
-                         decoder_export, log)
+                         decoder_export, encoder_export, log)
     finally:
         torch.set_num_threads(prev_threads)
 
 
 def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
               qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from, decoder_export,
-              log) -> dict:
+              encoder_export, log) -> dict:
     t_start = time.perf_counter()
     codecs = [c.strip().lower() for c in (codecs.split(",") if isinstance(codecs, str) else codecs) if c.strip()]
     bad = [c for c in codecs if c not in CODECS]
@@ -133,8 +133,17 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         from slim_rt.pipeline import MAX_DECODE_STEPS
         model = model or default_model(lambda m: log(f"note: {m}"))
         t = time.perf_counter()
-        enc = slim_rt.Encoder.from_pretrained(model, rate=0, device=device, captioner=FixedCaptioner(""), steps=0)
-        dec = slim_rt.Decoder.from_engines(decoder_export, "ort") if decoder_export else slim_rt.Decoder(enc.pipeline)
+        if encoder_export:
+            enc = slim_rt.Encoder.from_engines(encoder_export, "ort", device=device, captioner=FixedCaptioner(""),
+                                               steps=0)
+        else:
+            enc = slim_rt.Encoder.from_pretrained(model, rate=0, device=device, captioner=FixedCaptioner(""), steps=0)
+        if decoder_export:
+            dec = slim_rt.Decoder.from_engines(decoder_export, "ort")
+        elif encoder_export:
+            dec = slim_rt.Decoder.from_pretrained(model, device=device)
+        else:
+            dec = slim_rt.Decoder(enc.pipeline)
         model_name = enc.model.config.name
         ks = [enc.model.config.enhance.steps] if not steps else list(dict.fromkeys(int(k) for k in steps))
         for k in ks:
@@ -228,6 +237,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         "baseline_scales": [float(s) for s in baseline_scales], "wall_s": round(time.perf_counter() - t_start, 1),
         "baselines_from": str(baselines_from) if baselines_from else None,
         "decoder_export": _export_summary(decoder_export) if decoder_export else None,
+        "encoder_export": _export_summary(encoder_export) if encoder_export else None,
     }
     if write:
         paths = write_results(result, rows, ref_scores_rows(images, ref_scores), out_dir or results_dir())
@@ -259,7 +269,8 @@ def run_from_args(args) -> int:
                    qualities=qualities, baseline_scales=[float(s) for s in args.baseline_scales],
                    batch=args.batch, tag=args.tag, threads=getattr(args, "threads", None),
                    guidance=getattr(args, "guidance", 1.0), baselines_from=getattr(args, "baselines_from", None),
-                   decoder_export=getattr(args, "decoder_export", None))
+                   decoder_export=getattr(args, "decoder_export", None),
+                   encoder_export=getattr(args, "encoder_export", None))
     print(markdown(res))
     return 0
 
