@@ -778,8 +778,9 @@ def add_arguments(p) -> None:
             q.add_argument("--rate", type=int, default=0, help="rate point index, 0 = lowest bitrate")
             g = q.add_mutually_exclusive_group()
             g.add_argument("--caption", help="one caption for every image ('' for none)")
-            g.add_argument("--auto-caption", action="store_true", help="caption each image automatically (default; written when --steps >= 1: "
-                                "a K=0 file carries none)")
+            g.add_argument("--auto-caption", action="store_true",
+                           help="caption each image automatically (default; written when --steps >= 1: a K=0 file "
+                                "carries none)")
         q.add_argument("--workers", type=int, help="actors, one Encoder/Decoder each (default: one per GPU, "
                                                    "or one per --cpus-per-worker CPUs)")
         q.add_argument("--batch-size", type=int, default=8, help="images per batch call of a worker (default 8)")

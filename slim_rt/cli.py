@@ -428,7 +428,8 @@ def _common(p: argparse.ArgumentParser, enc: bool) -> None:
                    help="enhancement steps K (0 = none; default: the model's / the bitstream's)")
     if enc:
         p.add_argument("--rate", type=int, default=0, help="rate point index, 0 = lowest bitrate")
-        p.add_argument("--caption", default=None, help="caption to send (default: automatic when --steps >= 1, none at 0; '' for none)")
+        p.add_argument("--caption", default=None,
+                       help="caption to send (default: automatic when --steps >= 1, none at 0; '' for none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
