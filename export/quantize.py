@@ -29,31 +29,20 @@ from torch import Tensor
 
 INT8_STAGES = ("vae_decoder", "vae_encoder")
 INT8_MIN_DB = {"vae_decoder": 30.0, "vae_encoder": 20.0}  # held-out PSNR (decoder) / SNR (encoder) vs fp32
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
 
 
 def load_calibration_images(folder: str | Path, n: int, size: tuple[int, int]) -> list[Tensor]:
     """The first `n` images of `folder` (sorted names), resized to cover `size` (H, W) and center-cropped:
     [3,H,W] in [0,1]."""
-    from PIL import Image
-
-    from slim_rt.images import open_image, to_tensor
+    from slim_rt.images import IMAGE_EXTS, cover_crop, open_image, to_tensor
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"calibration folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)[:n]
     if len(files) < 4:
         raise ValueError(f"calibration needs at least 4 images, {folder} has {len(files)}")
-    h, w = size
-    out = []
-    for p in files:
-        im = open_image(p)
-        r = max(h / im.height, w / im.width)
-        im = im.resize((max(w, round(im.width * r)), max(h, round(im.height * r))), Image.BICUBIC)
-        left, top = (im.width - w) // 2, (im.height - h) // 2
-        out.append(to_tensor(im.crop((left, top, left + w, top + h))))
-    return out
+    return [to_tensor(cover_crop(open_image(p), *size)) for p in files]
 
 
 @torch.no_grad()
@@ -70,16 +59,15 @@ def calibration_inputs(model, stage: str, images: list[Tensor]) -> list[dict[str
         if stage == "vae_encoder":
             feeds.append({"image": pad_to_multiple(x01 * 2 - 1, m).numpy()})
             continue
-        clean = None
+        lats: dict[float, Tensor] = {}  # one encode per coded size: rate points share scales
+
+        def latent(scale: float) -> Tensor:
+            if scale not in lats:
+                lats[scale] = base.encode_latent(pad_to_multiple(to_coded(x01, scale) * 2 - 1, m)).float()
+            return lats[scale]
         for r, comp in enumerate(model.compressors):
-            scale = model.config.rate_scale(r)
-            xs = to_coded(x01, scale) if scale != 1.0 else x01
-            lat = base.encode_latent(pad_to_multiple(xs * 2 - 1, m)).float()
-            if scale == 1.0 and clean is None:
-                clean = lat
-            feeds.append({"latent": comp.eval()(lat)["x_hat"].float().numpy()})
-        feeds.append({"latent": (clean if clean is not None else
-                                 base.encode_latent(pad_to_multiple(x01 * 2 - 1, m)).float()).numpy()})
+            feeds.append({"latent": comp.eval()(latent(model.config.rate_scale(r)))["x_hat"].float().numpy()})
+        feeds.append({"latent": latent(1.0).numpy()})
     return feeds
 
 

@@ -138,6 +138,16 @@ def from_coded(img01: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(img01, size=tuple(size), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
+def cover_crop(img: Image.Image, height: int, width: int) -> Image.Image:
+    """Resize (bicubic, antialiased) to cover height x width, keeping the aspect ratio; center crop."""
+    w, h = img.size
+    s = max(height / h, width / w)
+    nw, nh = max(width, round(w * s)), max(height, round(h * s))
+    img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=None)
+    left, top = (nw - width) // 2, (nh - height) // 2
+    return img.crop((left, top, left + width, top + height))
+
+
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """[B,3,H,W] -> replicate-padded to multiples of `multiple` (bottom/right)."""
     H, W = x.shape[-2:]

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from slim_rt.images import cover_crop
+
 SIZE = 256
 CAPTION_MODES = ("auto", "none", "label", "wrong")
 
@@ -23,13 +25,8 @@ class EvalImage:
 def center_crop_square(img: Image.Image, size: int = SIZE) -> Image.Image:
     """Resize the short side to `size` (bicubic, antialiased), center crop size x size; returns a
     clean RGB image (no ICC/EXIF carried over, so no codec pays for metadata)."""
-    img = ImageOps.exif_transpose(img).convert("RGB")
-    w, h = img.size
-    s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=None)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return Image.fromarray(np.asarray(img.crop((left, top, left + size, top + size))).copy(), "RGB")
+    img = cover_crop(ImageOps.exif_transpose(img).convert("RGB"), size, size)
+    return Image.fromarray(np.asarray(img).copy(), "RGB")
 
 
 def load_images(folder, limit: int | None = None, size: int = SIZE, log=None) -> list[EvalImage]:
