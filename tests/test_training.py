@@ -185,3 +185,37 @@ def _kl(stage, batch):
     from slim_rt.training.stages import crop_latents
     x_hat = stage.comp(crop_latents(stage.latents, batch, stage.cfg.crop))["x_hat"]
     return machine_kl(stage.clf, ((stage.base.decode_latent(x_hat) + 1) / 2).clamp(0, 1), batch["image"])
+
+
+def test_machine_only_distill_starts_at_the_identity(tiny_dir, data):
+    """latent_weight=0 trains the student on the machine term alone (no teacher run); student_init=identity
+    starts it at K = 0's output (its first loss is K = 0's KL); `rates` restricts the rate points."""
+    from slim_rt.training.data import ImageFolder
+    from slim_rt.training.enhance import DistillStage, machine_kl
+    from slim_rt.training.masks import MaskProvider
+    from slim_rt.training.trainer import _collate
+    torch.manual_seed(0)
+    cfg = with_overrides(PRESETS["smoke-distill"], ["latent_weight=0", "task_weight=1", "student_init=identity",
+                                                    "rates=1", "roi=none", "student_steps=1"])
+    ds = ImageFolder(data, cfg.crop, cfg.resize, align=8)
+    masks = MaskProvider("none", ds)
+    for bad, match in ((["task_weight=0"], "machine term"), (["rates=2"], "rate points"),
+                       (["student_init=random"], "student_init")):
+        with pytest.raises(ValueError, match=match):
+            DistillStage(with_overrides(cfg, bad), tiny_dir, masks, ds)
+    stage = DistillStage(cfg, tiny_dir, masks, ds)
+    assert stage.rates == [1] and stage.cache["x_hat"][0] is None and stage.cache["teacher"] == [None, None]
+    assert not stage.unet.conv_out.weight.any()
+    batch = _collate([ds[i] for i in range(2)])
+    x_hat, ref = stage.cache["x_hat"][1][batch["index"]], stage.cache["image"][batch["index"]]
+    ctx = stage.context([ds.captions[i] for i in batch["index"].tolist()])
+    out = stage.sampler.run(stage.unet_fn, x_hat, ctx, 1)
+    torch.testing.assert_close(out, x_hat, rtol=0, atol=1e-5)  # the identity: K = 1 decodes as K = 0
+    batch["crop"][:, 2] = 0  # no flip: the loss sees the cached crops as they are
+    loss, logs = stage.loss(batch, 0)
+    assert logs["rate"] == 1 and "mse_teacher_roi" not in logs
+    torch.testing.assert_close(loss, machine_kl(stage.clf, stage.decode01(x_hat), ref), rtol=1e-4, atol=1e-5)
+    opt = torch.optim.Adam(stage.unet.parameters(), lr=1e-3)
+    loss.backward()
+    opt.step()
+    assert stage.unet.conv_out.weight.any()  # the machine term reaches the zeroed output conv

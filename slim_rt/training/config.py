@@ -41,6 +41,9 @@ class TrainConfig:
     teacher_steps: int = 20             # distill: DDIM steps of the teacher from t0
     guidance: float = 1.5               # distill: classifier-free guidance of the teacher
     student_steps: tuple[int, ...] = (1, 2)  # distill: the K the student is trained for
+    latent_weight: float = 1.0          # enhancer, distill: weight of the RoI latent MSE (0: machine term only)
+    student_init: str = "teacher"       # distill: "teacher" (its weights) | "identity" (output conv zeroed)
+    rates: tuple[int, ...] = ()         # distill: the rate points trained on (() = all)
 
 
 PRESETS: dict[str, TrainConfig] = {

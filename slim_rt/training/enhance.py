@@ -144,7 +144,8 @@ class EnhancerStage(_EnhanceBase):
         abar = self.alphas_cumprod[t].float()
         x_t = path_point(x, x_hat, abar, self.abar_t0)
         x0 = self.x0_estimate(self.unet_fn(x_t, t, ctx), x_t, abar)
-        loss, d_roi = self.roi_mse(x0, x, m)
+        d, d_roi = self.roi_mse(x0, x, m)
+        loss = self.cfg.latent_weight * d
         logs = {"mse_roi": d_roi.item(), "mse_roi_k0": (m * (x_hat - x).pow(2)).mean().item()}
         if self.clf is not None:
             kl = machine_kl(self.clf, from_coded(self.decode01(x0), batch["image"].shape[-2:]), batch["image"])
@@ -160,6 +161,15 @@ class DistillStage(_EnhanceBase):
         super().__init__(cfg, model_dir, masks, dataset)
         if not cfg.student_steps or any(not 1 <= k <= self.model.config.enhance.max_steps for k in cfg.student_steps):
             raise ValueError(f"student_steps must be K values in [1, {self.model.config.enhance.max_steps}]")
+        n = self.model.num_rates
+        if any(float(r) != int(r) or not 0 <= int(r) < n for r in cfg.rates):
+            raise ValueError(f"rates must be rate points in [0, {n - 1}], got {cfg.rates}")
+        self.rates = sorted({int(r) for r in cfg.rates}) or list(range(n))
+        if cfg.student_init not in ("teacher", "identity"):
+            raise ValueError(f"student_init must be 'teacher' or 'identity', got {cfg.student_init!r}")
+        self.use_teacher = cfg.latent_weight > 0
+        if not self.use_teacher and self.clf is None:
+            raise ValueError("latent_weight=0 needs the machine term (task_weight > 0): nothing to train on")
         key = self._cache_key()
         cached = torch.load(cache_path, weights_only=True) if cache_path and cache_path.is_file() else None
         if cached is not None and cached.get("key") == key:
@@ -169,6 +179,8 @@ class DistillStage(_EnhanceBase):
             if cache_path is not None:
                 cache_path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save({"key": key, "data": self.cache}, cache_path)
+        if cfg.student_init == "identity":
+            zero_output(self.unet)  # after the teacher ran: the student starts at K = 0's output
 
     def _cache_key(self) -> str:
         """What the teacher targets depend on: teacher weights, schedule, crops, images, compressors."""
@@ -178,14 +190,15 @@ class DistillStage(_EnhanceBase):
             h.update(k.encode())
             h.update(v.detach().float().cpu().numpy().tobytes())
         h.update(repr(("per-rate grids", self.cfg.teacher_steps, self.cfg.guidance, self.cfg.crop, self.cfg.resize, self.t0,
-                       [f.name for f in self.dataset.files], self.model.fingerprint_hex)).encode())
+                       [f.name for f in self.dataset.files], self.model.fingerprint_hex, self.rates,
+                       self.use_teacher)).encode())
         return h.hexdigest()
 
     @torch.no_grad()
     def _teacher_cache(self) -> dict:
         """Per image: the center crop (pixels) and, per rate (lists: a scaled rate point has its own latent
-        grid), x_hat, the teacher's many-step guided output and the RoI mask on that grid. The teacher is
-        the starting UNet, frozen."""
+        grid; None for rates not trained), x_hat, the teacher's many-step guided output (None without the
+        latent term) and the RoI mask on that grid. The teacher is the starting UNet, frozen."""
         from tqdm import tqdm
         teacher = copy.deepcopy(self.unet).eval().requires_grad_(False)
         fn = lambda x, t, c: teacher(x, t, encoder_hidden_states=c).sample  # noqa: E731
@@ -202,28 +215,32 @@ class DistillStage(_EnhanceBase):
         bs = 25
         for s in tqdm(range(0, len(imgs), bs), desc="teacher", leave=False):
             ctx = self.context(self.dataset.captions[s:s + bs])
-            for r, comp in enumerate(self.model.compressors):  # a scaled rate point codes the crop resized
+            for r in self.rates:  # a scaled rate point codes the crop resized
                 x = base.encode_latent(to_coded(imgs[s:s + bs], self.model.config.rate_scale(r)) * 2 - 1)
-                x_hat = comp.eval()(x)["x_hat"]
+                x_hat = self.model.compressors[r].eval()(x)["x_hat"]
                 xh[r].append(x_hat)
-                tgt[r].append(self.sampler.run(fn, x_hat, ctx, self.cfg.teacher_steps, self.cfg.guidance, uncond))
-        xh = [torch.cat(v) for v in xh]  # per rate [N, C, h_r, w_r]: the grids differ between scales
-        return {"image": imgs, "masks": [F.adaptive_avg_pool2d(masks, v.shape[-2:]) for v in xh],
-                "x_hat": xh, "teacher": [torch.cat(v) for v in tgt]}
+                if self.use_teacher:
+                    tgt[r].append(self.sampler.run(fn, x_hat, ctx, self.cfg.teacher_steps, self.cfg.guidance, uncond))
+        cat = lambda v: torch.cat(v) if v else None  # noqa: E731  per rate [N, C, h_r, w_r]: grids differ
+        xh = [cat(v) for v in xh]
+        return {"image": imgs, "masks": [None if v is None else F.adaptive_avg_pool2d(masks, v.shape[-2:]) for v in xh],
+                "x_hat": xh, "teacher": [cat(v) for v in tgt]}
 
     def loss(self, batch, step):
         idx = batch["index"]
         flip = batch["crop"][:, 2].bool().view(-1, 1, 1, 1)
         f = lambda v: torch.where(flip, v.flip(-1), v)  # noqa: E731
-        r = int(torch.randint(0, self.model.num_rates, ()))
-        x_hat, target = f(self.cache["x_hat"][r][idx]), f(self.cache["teacher"][r][idx])
-        m, ref = f(self.cache["masks"][r][idx]), f(self.cache["image"][idx])
+        r = self.rates[int(torch.randint(0, len(self.rates), ()))]
+        x_hat, m, ref = f(self.cache["x_hat"][r][idx]), f(self.cache["masks"][r][idx]), f(self.cache["image"][idx])
         ctx = self.context([self.dataset.captions[i] for i in idx.tolist()])
         k = random.choice(self.cfg.student_steps)
         out = self.sampler.run(self.unet_fn, x_hat, ctx, k)
-        loss, d_roi = self.roi_mse(out, target, m)
-        logs = {"k": k, "mse_teacher_roi": d_roi.item(),
-                "mse_teacher_roi_k0": (m * (x_hat - target).pow(2)).mean().item()}
+        loss, logs = out.new_zeros(()), {"k": k, "rate": r}
+        if self.use_teacher:
+            target = f(self.cache["teacher"][r][idx])
+            d, d_roi = self.roi_mse(out, target, m)
+            loss = loss + self.cfg.latent_weight * d
+            logs.update(mse_teacher_roi=d_roi.item(), mse_teacher_roi_k0=(m * (x_hat - target).pow(2)).mean().item())
         if self.clf is not None:
             kl = machine_kl(self.clf, from_coded(self.decode01(out), ref.shape[-2:]), ref)
             loss = loss + self.cfg.task_weight * kl
