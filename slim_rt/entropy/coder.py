@@ -58,6 +58,11 @@ class Tables:
             if freq.sum() != 65536 or (freq < 0).any():
                 raise ValueError("CDF rows must be nondecreasing 16-bit tables")
             self.models.append(cs.model.Categorical(freq, perfect=False))
+        # int32 copies for the per-symbol arithmetic (offset wraps like the int32 output does). With
+        # every coded range inside int32, `v - offset` on int32 symbols wraps only for values that
+        # escape anyway, and never into [0, escape): int32 arithmetic then codes exactly like int64.
+        self.offset32, self.escape32 = self.offset.astype(np.int32), self.escape.astype(np.int32)
+        self.narrow = bool(((self.offset >= -2 ** 31) & (self.offset + self.escape <= 2 ** 31)).all())
 
     def __len__(self) -> int:
         return len(self.models)
@@ -72,28 +77,46 @@ def _unzigzag(r: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.where(r % 2 == 1, lo - (r + 1) // 2, hi + r // 2 + 1)
 
 
+def _group(indexes: np.ndarray, n_tables: int) -> tuple[np.ndarray, np.ndarray]:
+    """indexes [n] -> (order [n], counts [T]): order lists the symbols table by table, in raster order
+    within a table (a stable sort), so table t's symbols are one contiguous segment of counts[t]."""
+    idx = np.asarray(indexes)
+    if idx.dtype.kind not in "iu":
+        idx = idx.astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n_tables):
+        raise ValueError("CDF index outside the tables")
+    key = idx.astype(np.uint8 if n_tables <= 256 else np.uint16 if n_tables <= 65536 else np.int64)
+    return np.argsort(key, kind="stable"), np.bincount(key, minlength=n_tables)  # uint8/16: radix sort
+
+
+def _segments(symbols: np.ndarray, counts: np.ndarray, tables: Tables) -> list:
+    """symbols [n] grouped by table -> [(symbols of table t, model t)] for the tables in use."""
+    ends = np.cumsum(counts).tolist()
+    return [(symbols[ends[t] - counts[t]:ends[t]], tables.models[t]) for t in np.flatnonzero(counts)]
+
+
 def encode(symbols: np.ndarray, indexes: np.ndarray, tables: Tables) -> bytes:
     """symbols, indexes: 1-D int arrays of one image -> one stream."""
     cs = _constriction()
-    idx = np.asarray(indexes, np.int64)
-    if idx.size and (idx.min() < 0 or idx.max() >= len(tables)):
-        raise ValueError("CDF index outside the tables")
-    order = np.argsort(idx.astype(np.uint16), kind="stable")
-    k = idx[order]
-    v = np.asarray(symbols, np.int64)[order]
-    s = v - tables.offset[k]
-    esc = (s < 0) | (s >= tables.escape[k])
-    s = np.where(esc, tables.escape[k], s).astype(np.int32)
-    lo = tables.offset[k[esc]]
-    r = _zigzag(v[esc], lo, lo + tables.escape[k[esc]] - 1)
+    order, counts = _group(indexes, len(tables))
+    sym = np.asarray(symbols)
+    if tables.narrow and np.can_cast(sym.dtype, np.int32):   # int32 arithmetic codes exactly like int64
+        v = sym.astype(np.int32, copy=False)[order]          # [n] table by table
+        s = v - np.repeat(tables.offset32, counts)
+        esc = np.flatnonzero(s.view(np.uint32) >= np.repeat(tables.escape32.view(np.uint32), counts))
+    else:
+        v = sym.astype(np.int64, copy=False)[order]
+        s = v - np.repeat(tables.offset, counts)
+        esc = np.flatnonzero(s.view(np.uint64) >= np.repeat(tables.escape.view(np.uint64), counts))
+    # esc: [e] positions (in v) outside their table's range: s < 0 or s >= escape, as one unsigned test
+    ke = np.searchsorted(np.cumsum(counts), esc, side="right")  # [e] their tables
+    s[esc] = tables.escape[ke]
+    ve, lo = v[esc].astype(np.int64), tables.offset[ke]
+    r = _zigzag(ve, lo, lo + tables.escape[ke] - 1)
     cls = np.where(r < 256, 0, np.where(r < 65536, 1, 2)).astype(np.int32)
-    big = v[esc][cls == 2].astype(np.int32).view(np.uint32).astype(np.int64)
+    big = ve[cls == 2].astype(np.int32).view(np.uint32).astype(np.int64)
     halves = np.stack([big >> 16, big & 0xFFFF], 1).reshape(-1)
-    segments = []                                                    # in decode order
-    bounds = np.searchsorted(k, np.arange(len(tables) + 1))
-    for t in range(len(tables)):
-        if bounds[t + 1] > bounds[t]:
-            segments.append((s[bounds[t]:bounds[t + 1]], tables.models[t]))
+    segments = _segments(s, counts, tables)                           # in decode order
     segments += [(cls, _U3), (r[cls == 0], _U8), (r[cls == 1], _U16), (halves, _U16),
                  (np.array([END_MARKER]), _U16)]
     coder = cs.stack.AnsCoder()
@@ -108,22 +131,14 @@ def decode(data: bytes, indexes: np.ndarray, tables: Tables) -> np.ndarray:
     cs = _constriction()
     if len(data) % 4:
         raise BitstreamError("corrupt bitstream: entropy stream is not whole 32-bit words")
-    idx = np.asarray(indexes, np.int64)
-    if idx.size and (idx.min() < 0 or idx.max() >= len(tables)):
-        raise ValueError("CDF index outside the tables")
-    order = np.argsort(idx.astype(np.uint16), kind="stable")
-    k = idx[order]
+    order, counts = _group(indexes, len(tables))
     try:
         coder = cs.stack.AnsCoder(np.frombuffer(data, "<u4").astype(np.uint32))
-        counts = np.bincount(k, minlength=len(tables))
-        s = np.empty(len(k), np.int64)
-        pos = 0
-        for t, n in enumerate(counts):
-            if n:
-                s[pos:pos + n] = coder.decode(tables.models[t], int(n))
-                pos += n
-        esc = s == tables.escape[k]
-        cls = coder.decode(_U3, int(esc.sum())).astype(np.int64) if esc.any() else np.zeros(0, np.int64)
+        s = np.empty(len(order), np.int32)                          # [n] table by table
+        for seg, model in _segments(s, counts, tables):
+            seg[:] = coder.decode(model, len(seg))
+        esc = np.flatnonzero(s == np.repeat(tables.escape32, counts))  # [e] escaped positions in s
+        cls = coder.decode(_U3, len(esc)).astype(np.int64) if len(esc) else np.zeros(0, np.int64)
         n0, n1, n2 = (int((cls == c).sum()) for c in range(3))
         r0 = coder.decode(_U8, n0) if n0 else np.zeros(0, np.int32)
         r1 = coder.decode(_U16, n1) if n1 else np.zeros(0, np.int32)
@@ -138,9 +153,9 @@ def decode(data: bytes, indexes: np.ndarray, tables: Tables) -> np.ndarray:
         raise BitstreamError("corrupt bitstream: entropy stream ends early or does not match the model")
     if not empty:
         raise BitstreamError("corrupt bitstream: trailing data after the entropy stream")
-    v = s + tables.offset[k]
-    if esc.any():
-        ke = k[esc]
+    s += np.repeat(tables.offset32, counts)                         # values (int32, as stored below)
+    if len(esc):
+        ke = np.searchsorted(np.cumsum(counts), esc, side="right")  # [e] tables of the escapes
         lo = tables.offset[ke]
         r = np.zeros(len(cls), np.int64)
         r[cls == 0], r[cls == 1] = r0, r1
@@ -148,7 +163,7 @@ def decode(data: bytes, indexes: np.ndarray, tables: Tables) -> np.ndarray:
         ev[cls == 2] = ((h[:, 0] << 16) | h[:, 1]).astype(np.uint32).view(np.int32)
         if (ev < -(2 ** 31)).any() or (ev >= 2 ** 31).any():
             raise BitstreamError("corrupt bitstream: escaped value outside the int32 range")
-        v[esc] = ev
-    out = np.empty(len(v), np.int32)
-    out[order] = v
+        s[esc] = ev
+    out = np.empty(len(s), np.int32)
+    out[order] = s
     return out.reshape(np.shape(indexes))
