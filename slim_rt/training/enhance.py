@@ -69,6 +69,8 @@ class _EnhanceBase(TrainStage):
         if cfg.task_weight > 0:
             from slim_rt.classifier import load_efficientnet_lite0
             self.clf = load_efficientnet_lite0()
+        elif cfg.latent_weight <= 0:
+            raise ValueError("latent_weight=0 needs the machine term (task_weight > 0): nothing to train on")
 
     def modules(self):
         return {"unet": self.unet}
@@ -168,8 +170,6 @@ class DistillStage(_EnhanceBase):
         if cfg.student_init not in ("teacher", "identity"):
             raise ValueError(f"student_init must be 'teacher' or 'identity', got {cfg.student_init!r}")
         self.use_teacher = cfg.latent_weight > 0
-        if not self.use_teacher and self.clf is None:
-            raise ValueError("latent_weight=0 needs the machine term (task_weight > 0): nothing to train on")
         key = self._cache_key()
         cached = torch.load(cache_path, weights_only=True) if cache_path and cache_path.is_file() else None
         if cached is not None and cached.get("key") == key:
