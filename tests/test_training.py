@@ -189,14 +189,15 @@ def _kl(stage, batch):
 
 def test_machine_only_distill_starts_at_the_identity(tiny_dir, data):
     """latent_weight=0 trains the student on the machine term alone (no teacher run); student_init=identity
-    starts it at K = 0's output (its first loss is K = 0's KL); `rates` restricts the rate points."""
+    starts it at K = 0's output (its first loss is K = 0's KL); `rates` restricts the rate points;
+    caption_drop=1 trains an unconditional student (every caption empty)."""
     from slim_rt.training.data import ImageFolder
     from slim_rt.training.enhance import DistillStage, machine_kl
     from slim_rt.training.masks import MaskProvider
     from slim_rt.training.trainer import _collate
     torch.manual_seed(0)
     cfg = with_overrides(PRESETS["smoke-distill"], ["latent_weight=0", "task_weight=1", "student_init=identity",
-                                                    "rates=1", "roi=none", "student_steps=1"])
+                                                    "rates=1", "roi=none", "student_steps=1", "caption_drop=1"])
     ds = ImageFolder(data, cfg.crop, cfg.resize, align=8)
     masks = MaskProvider("none", ds)
     for bad, match in ((["task_weight=0"], "machine term"), (["rates=2"], "rate points"),
@@ -212,8 +213,10 @@ def test_machine_only_distill_starts_at_the_identity(tiny_dir, data):
     out = stage.sampler.run(stage.unet_fn, x_hat, ctx, 1)
     torch.testing.assert_close(out, x_hat, rtol=0, atol=1e-5)  # the identity: K = 1 decodes as K = 0
     batch["crop"][:, 2] = 0  # no flip: the loss sees the cached crops as they are
+    seen, context = [], stage.context
+    stage.context = lambda caps: (seen.extend(caps), context(caps))[1]
     loss, logs = stage.loss(batch, 0)
-    assert logs["rate"] == 1 and "mse_teacher_roi" not in logs
+    assert logs["rate"] == 1 and "mse_teacher_roi" not in logs and seen == ["", ""]
     torch.testing.assert_close(loss, machine_kl(stage.clf, stage.decode01(x_hat), ref), rtol=1e-4, atol=1e-5)
     opt = torch.optim.Adam(stage.unet.parameters(), lr=1e-3)
     loss.backward()

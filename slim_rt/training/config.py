@@ -44,6 +44,7 @@ class TrainConfig:
     latent_weight: float = 1.0          # enhancer, distill: weight of the RoI latent MSE (0: machine term only)
     student_init: str = "teacher"       # distill: "teacher" (its weights) | "identity" (output conv zeroed)
     rates: tuple[int, ...] = ()         # distill: the rate points trained on (() = all)
+    caption_drop: float = 0.0           # distill: share of empty captions (1: an unconditional student)
 
 
 PRESETS: dict[str, TrainConfig] = {

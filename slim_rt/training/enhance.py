@@ -232,7 +232,8 @@ class DistillStage(_EnhanceBase):
         f = lambda v: torch.where(flip, v.flip(-1), v)  # noqa: E731
         r = self.rates[int(torch.randint(0, len(self.rates), ()))]
         x_hat, m, ref = f(self.cache["x_hat"][r][idx]), f(self.cache["masks"][r][idx]), f(self.cache["image"][idx])
-        ctx = self.context([self.dataset.captions[i] for i in idx.tolist()])
+        ctx = self.context([c if random.random() >= self.cfg.caption_drop else ""
+                            for c in (self.dataset.captions[i] for i in idx.tolist())])
         k = random.choice(self.cfg.student_steps)
         out = self.sampler.run(self.unet_fn, x_hat, ctx, k)
         loss, logs = out.new_zeros(()), {"k": k, "rate": r}
