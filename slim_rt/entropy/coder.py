@@ -95,6 +95,11 @@ def _segments(symbols: np.ndarray, counts: np.ndarray, tables: Tables) -> list:
     return [(symbols[ends[t] - counts[t]:ends[t]], tables.models[t]) for t in np.flatnonzero(counts)]
 
 
+def _tables_of(positions: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """positions [e] in the table-by-table order -> the table of each [e]."""
+    return np.searchsorted(np.cumsum(counts), positions, side="right")
+
+
 def encode(symbols: np.ndarray, indexes: np.ndarray, tables: Tables) -> bytes:
     """symbols, indexes: 1-D int arrays of one image -> one stream."""
     cs = _constriction()
@@ -109,7 +114,7 @@ def encode(symbols: np.ndarray, indexes: np.ndarray, tables: Tables) -> bytes:
         s = v - np.repeat(tables.offset, counts)
         esc = np.flatnonzero(s.view(np.uint64) >= np.repeat(tables.escape.view(np.uint64), counts))
     # esc: [e] positions (in v) outside their table's range: s < 0 or s >= escape, as one unsigned test
-    ke = np.searchsorted(np.cumsum(counts), esc, side="right")  # [e] their tables
+    ke = _tables_of(esc, counts)                                     # [e] their tables
     s[esc] = tables.escape[ke]
     ve, lo = v[esc].astype(np.int64), tables.offset[ke]
     r = _zigzag(ve, lo, lo + tables.escape[ke] - 1)
@@ -155,7 +160,7 @@ def decode(data: bytes, indexes: np.ndarray, tables: Tables) -> np.ndarray:
         raise BitstreamError("corrupt bitstream: trailing data after the entropy stream")
     s += np.repeat(tables.offset32, counts)                         # values (int32, as stored below)
     if len(esc):
-        ke = np.searchsorted(np.cumsum(counts), esc, side="right")  # [e] tables of the escapes
+        ke = _tables_of(esc, counts)                                 # [e] tables of the escapes
         lo = tables.offset[ke]
         r = np.zeros(len(cls), np.int64)
         r[cls == 0], r[cls == 1] = r0, r1

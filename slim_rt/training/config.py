@@ -88,7 +88,8 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-def _parse(value: str, like):
+def _parse(value: str, like, kind: str = ""):
+    """value as the type of `like` (an empty tuple default: its field's annotation `kind` says int or float)."""
     if isinstance(like, bool):
         return value.lower() in ("1", "true", "yes", "on")
     if isinstance(like, int):
@@ -97,13 +98,14 @@ def _parse(value: str, like):
         return float(value)
     if isinstance(like, tuple):
         items = [v for v in value.split(",") if v]
-        return tuple(_parse(v, like[0] if like else 0.0) for v in items)  # an empty default: numbers
+        item = like[0] if like else 0 if kind == "tuple[int, ...]" else 0.0
+        return tuple(_parse(v, item) for v in items)
     return value
 
 
 def with_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     """Apply ["key=value", ...]; unknown keys and bad values are clear ValueErrors."""
-    fields = {f.name for f in dataclasses.fields(cfg)}
+    fields = {f.name: f.type for f in dataclasses.fields(cfg)}
     changes = {}
     for item in overrides:
         if "=" not in item:
@@ -112,7 +114,7 @@ def with_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
         if k not in fields:
             raise ValueError(f"unknown training option {k!r} (options: {', '.join(sorted(fields))})")
         try:
-            changes[k] = _parse(v, getattr(cfg, k))
+            changes[k] = _parse(v, getattr(cfg, k), str(fields[k]))
         except ValueError:
             raise ValueError(f"bad value {v!r} for {k}") from None
     return dataclasses.replace(cfg, **changes)

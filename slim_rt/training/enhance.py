@@ -164,9 +164,9 @@ class DistillStage(_EnhanceBase):
         if not cfg.student_steps or any(not 1 <= k <= self.model.config.enhance.max_steps for k in cfg.student_steps):
             raise ValueError(f"student_steps must be K values in [1, {self.model.config.enhance.max_steps}]")
         n = self.model.num_rates
-        if any(float(r) != int(r) or not 0 <= int(r) < n for r in cfg.rates):
+        if any(not 0 <= r < n for r in cfg.rates):
             raise ValueError(f"rates must be rate points in [0, {n - 1}], got {cfg.rates}")
-        self.rates = sorted({int(r) for r in cfg.rates}) or list(range(n))
+        self.rates = sorted(set(cfg.rates)) or list(range(n))
         if cfg.student_init not in ("teacher", "identity"):
             raise ValueError(f"student_init must be 'teacher' or 'identity', got {cfg.student_init!r}")
         self.use_teacher = cfg.latent_weight > 0
@@ -200,8 +200,9 @@ class DistillStage(_EnhanceBase):
         grid; None for rates not trained), x_hat, the teacher's many-step guided output (None without the
         latent term) and the RoI mask on that grid. The teacher is the starting UNet, frozen."""
         from tqdm import tqdm
-        teacher = copy.deepcopy(self.unet).eval().requires_grad_(False)
-        fn = lambda x, t, c: teacher(x, t, encoder_hidden_states=c).sample  # noqa: E731
+        if self.use_teacher:
+            teacher = copy.deepcopy(self.unet).eval().requires_grad_(False)
+            fn = lambda x, t, c: teacher(x, t, encoder_hidden_states=c).sample  # noqa: E731
         c, base = self.cfg.crop, self.model.base
         imgs, masks = [], []
         for i, im in enumerate(self.dataset.images):
