@@ -38,12 +38,19 @@ def test_pack_train_assemble_and_code(tmp_path):
     base = build_tiny_base(tmp_path / "base", seed=1, autoencoder="tae")
     out = tmp_path / "train"
     main(["train", "--pack", str(pack), "--base", str(base), "--points", "0.5:0.05,1:0.2", "--preset", "test",
-          "--batch", "4", "--latent-seconds", "4", "--machine-seconds", "4", "--out", str(out)])
+          "--batch", "4", "--latent-seconds", "4", "--machine-seconds", "4", "--holdout", "2", "--out", str(out)])
     meta = json.loads((out / "points.json").read_text())
-    assert set(meta["phases"]) == {"latent", "machine"} and meta["images"] == 6
+    assert set(meta["phases"]) == {"latent", "machine"} and meta["images"] == 4 and meta["holdout"] == 2
     assert all(meta["phases"][p]["steps"] > 0 for p in meta["phases"])
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert any("kl" in pt for rec in logs if rec.get("phase") == "machine" and "points" in rec for pt in rec["points"])
+    machine = [rec for rec in logs if rec.get("phase") == "machine" and "points" in rec]
+    assert machine and all("kl" in pt for rec in machine for pt in rec["points"])
+    # every machine record scores the 2 held-out images per rate point (the last record at least)
+    held = [h for rec in machine for h in rec["held_out"]]
+    assert len(held) == 2 * len(machine) and all(h["kl"] >= 0 and 0 <= h["agree"] <= 1 for h in held)
+    with pytest.raises(ValueError, match="--holdout must leave training images"):
+        main(["train", "--pack", str(pack), "--base", str(base), "--points", "1:0.2", "--preset", "test",
+              "--machine-seconds", "1", "--holdout", "6", "--out", str(tmp_path / "none-left")])
     lat, mach = load_states(out, "latent"), load_states(out, "machine")
     assert set(lat) == set(mach) == {0, 1}
     for r in range(2):  # the machine phase moved the weights the latent phase left
