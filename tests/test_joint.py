@@ -8,7 +8,7 @@ from PIL import Image
 
 import slim_rt
 from slim_rt.captions import FixedCaptioner
-from slim_rt.training.joint import load_states, main, parse_points, save_states
+from slim_rt.training.joint import load_states, main, parse_points, save_states, split_indices
 
 
 def test_points_parse_and_reject():
@@ -16,6 +16,17 @@ def test_points_parse_and_reject():
     for bad in ("", "0.5", "2:0.1", "0.5:-1", "a:b"):
         with pytest.raises(ValueError, match="scale"):
             parse_points(bad)
+
+
+def test_held_out_images_and_their_mirrors_are_never_trained_on():
+    held, train = split_indices(7, 3)                  # rows 0-6 originals, 7-13 their mirrors
+    assert held.tolist() == [4, 5, 6] and train.tolist() == [0, 1, 2, 3, 7, 8, 9, 10]
+    assert not set(train.tolist()) & ({4, 5, 6} | {11, 12, 13})
+    held, train = split_indices(4, 0)
+    assert held.numel() == 0 and train.tolist() == list(range(8))
+    for bad in (-1, 4, 9):
+        with pytest.raises(ValueError, match="--holdout must leave training images"):
+            split_indices(4, bad)
 
 
 def test_pack_train_assemble_and_code(tmp_path):
@@ -45,7 +56,7 @@ def test_pack_train_assemble_and_code(tmp_path):
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     machine = [rec for rec in logs if rec.get("phase") == "machine" and "points" in rec]
     assert machine and all("kl" in pt for rec in machine for pt in rec["points"])
-    # every machine record scores the 2 held-out images per rate point (the last record at least)
+    # every machine record scores the 2 held-out images, per rate point
     held = [h for rec in machine for h in rec["held_out"]]
     assert len(held) == 2 * len(machine) and all(h["kl"] >= 0 and 0 <= h["agree"] <= 1 for h in held)
     with pytest.raises(ValueError, match="--holdout must leave training images"):

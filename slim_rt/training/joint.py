@@ -126,6 +126,16 @@ def clf_input(rec01: torch.Tensor, size: int) -> torch.Tensor:
     return preprocess(from_coded(rec01, (size, size)))
 
 
+def split_indices(n: int, holdout: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """n packed images, stored as [originals, mirrors] (2n rows) -> (held-out originals, training rows).
+    The last `holdout` images and their mirrors are never trained on; their scores tell what transfers
+    (the training images' own scores climb as the machine term memorises them)."""
+    if not 0 <= holdout < n:
+        raise ValueError(f"--holdout must leave training images: 0 <= holdout < {n}, got {holdout}")
+    keep = torch.arange(n - holdout)
+    return torch.arange(n - holdout, n, device=device), torch.cat([keep, keep + n]).to(device)
+
+
 class Run:
     """All rate points' compressors, their multipliers, the frozen autoencoder and classifier, the data."""
 
@@ -155,13 +165,7 @@ class Run:
             logits = [self.clf(clf_input(x01[i:i + 64], self.size)) for i in range(0, len(x01), 64)]
             self.targets = F.log_softmax(torch.cat(logits).float(), -1)    # [2N,1000]
         self.n = len(x01)
-        n = self.n // 2
-        if not 0 <= holdout < n:
-            raise ValueError(f"--holdout must leave training images: 0 <= holdout < {n}, got {holdout}")
-        # held out: the last `holdout` packed images and their mirrors, never trained on; their scores tell
-        # what transfers (the training images' own scores climb as the machine term memorises them)
-        self.held = torch.arange(n - holdout, n, device=device)
-        self.train_idx = torch.cat([torch.arange(0, n - holdout), torch.arange(n, 2 * n - holdout)]).to(device)
+        self.held, self.train_idx = split_indices(self.n // 2, holdout, device)
 
     def start_from(self, states: list[dict], lambdas: list[float]) -> None:
         """Continue from trained weights (one state dict per point, in order) and their multipliers."""
