@@ -128,8 +128,7 @@ def clf_input(rec01: torch.Tensor, size: int) -> torch.Tensor:
 
 def split_indices(n: int, holdout: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """n packed images, stored as [originals, mirrors] (2n rows) -> (held-out originals, training rows).
-    The last `holdout` images and their mirrors are never trained on; their scores tell what transfers
-    (the training images' own scores climb as the machine term memorises them)."""
+    The last `holdout` images and their mirrors are never trained on."""
     if not 0 <= holdout < n:
         raise ValueError(f"--holdout must leave training images: 0 <= holdout < {n}, got {holdout}")
     keep = torch.arange(n - holdout)
@@ -181,6 +180,13 @@ class Run:
         aux = [p for c in self.comps for n, p in c.named_parameters() if n.endswith("quantiles")]
         return main, aux
 
+    def classify(self, x_hat: torch.Tensor) -> torch.Tensor:
+        """Decoded latent -> the frozen classifier's log-probabilities on what the evaluation shows it."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x_hat.is_cuda):
+            rec = ((self.base.decode_latent(x_hat) + 1) / 2).clamp(0, 1)
+            logits = self.clf(clf_input(rec.float(), self.size))
+        return F.log_softmax(logits.float(), -1)
+
     def step_point(self, r: int, idx: torch.Tensor, machine: bool) -> dict:
         """Forward + backward of rate point r on batch idx; returns its logs (floats stay on device)."""
         p, comp = self.points[r], self.comps[r]
@@ -194,11 +200,7 @@ class Run:
         d = d_roi + self.eps * d_bg
         logs = {"bpp": bpp.detach(), "mse_roi": d_roi.detach()}
         if machine:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
-                rec = ((self.base.decode_latent(out["x_hat"]) + 1) / 2).clamp(0, 1)
-                logits = self.clf(clf_input(rec.float(), self.size))
-            logp = F.log_softmax(logits.float(), -1)
-            tgt = self.targets[idx]
+            logp, tgt = self.classify(out["x_hat"]), self.targets[idx]
             kl = F.kl_div(logp, tgt, log_target=True, reduction="batchmean")
             d = d + self.task_weight * kl
             logs["kl"] = kl.detach()
@@ -217,9 +219,7 @@ class Run:
         kl, agree = 0.0, 0.0
         for i in range(0, len(self.held), chunk):
             idx = self.held[i:i + chunk]
-            rec = ((self.base.decode_latent(comp(self.latents[p.scale][idx])["x_hat"]) + 1) / 2).clamp(0, 1)
-            logp = F.log_softmax(self.clf(clf_input(rec.float(), self.size)).float(), -1)
-            tgt = self.targets[idx]
+            logp, tgt = self.classify(comp(self.latents[p.scale][idx])["x_hat"]), self.targets[idx]
             kl += float(F.kl_div(logp, tgt, log_target=True, reduction="sum"))
             agree += float((logp.argmax(-1) == tgt.argmax(-1)).sum())
         comp.train()
