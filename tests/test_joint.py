@@ -8,7 +8,7 @@ from PIL import Image
 
 import slim_rt
 from slim_rt.captions import FixedCaptioner
-from slim_rt.training.joint import load_states, main, parse_points, save_states, split_indices
+from slim_rt.training.joint import load_states, main, parse_points, save_states, split_indices, window_step
 
 
 def test_points_parse_and_reject():
@@ -27,6 +27,19 @@ def test_held_out_images_and_their_mirrors_are_never_trained_on():
     for bad in (-1, 4, 9):
         with pytest.raises(ValueError, match="--holdout must leave training images"):
             split_indices(4, bad)
+
+
+def test_window_offsets_are_whole_latents_at_every_scale():
+    assert window_step([1.0]) == 8 and window_step([0.5, 1.0]) == 16
+    assert window_step([0.25, 1.0]) == 32 and window_step([0.75]) == 32   # 0.75: 24 px would be 2.25 latents
+    from types import SimpleNamespace
+
+    from slim_rt.training.joint import Run
+    gen = torch.Generator().manual_seed(0)
+    run = SimpleNamespace(crop=256, views=[256, 288], step_px=16)
+    seen = {Run.draw_window(run, gen) for _ in range(300)}     # the whole 256 view, or a window of the 288 one
+    assert seen == {(256, 0, 0)} | {(288, y, x) for y in (0, 16, 32) for x in (0, 16, 32)}  # none past the edge
+    assert Run.draw_window(SimpleNamespace(crop=256, views=[256], step_px=16), gen) is None
 
 
 def test_pack_train_assemble_and_code(tmp_path):
@@ -62,6 +75,22 @@ def test_pack_train_assemble_and_code(tmp_path):
     with pytest.raises(ValueError, match="--holdout must leave training images"):
         main(["train", "--pack", str(pack), "--base", str(base), "--points", "1:0.2", "--preset", "test",
               "--machine-seconds", "1", "--holdout", "6", "--out", str(tmp_path / "none-left")])
+    # random windows: 128 x 128 windows of the 192 crops resized to 128, 160 and 192, offsets in whole
+    # latents at 0.5x (16 px); both phases train, the held-out images are scored on the whole 128 view
+    big = tmp_path / "pack192.pt"
+    main(["pack", "--data", str(data), "--size", "192", "--out", str(big)])
+    win = tmp_path / "windows"
+    main(["train", "--pack", str(big), "--base", str(base), "--points", "0.5:0.05,1:0.2", "--preset", "test",
+          "--batch", "4", "--latent-seconds", "2", "--machine-seconds", "3", "--holdout", "2", "--crop", "128",
+          "--out", str(win)])
+    wmeta = json.loads((win / "points.json").read_text())
+    assert wmeta["crop"] == 128 and all(wmeta["phases"][p]["steps"] > 0 for p in ("latent", "machine"))
+    wlogs = [json.loads(line) for line in (win / "log.jsonl").read_text().splitlines()]
+    assert any("held_out" in rec for rec in wlogs)
+    for bad in ("136", "256", "64"):  # not a multiple of 16, larger than the pack, 32 coded px at 0.5x
+        with pytest.raises(ValueError, match="--crop"):
+            main(["train", "--pack", str(big), "--base", str(base), "--points", "0.5:0.05,1:0.2", "--preset",
+                  "test", "--machine-seconds", "1", "--crop", bad, "--out", str(tmp_path / "bad-crop")])
     lat, mach = load_states(out, "latent"), load_states(out, "machine")
     assert set(lat) == set(mach) == {0, 1}
     for r in range(2):  # the machine phase moved the weights the latent phase left

@@ -15,7 +15,11 @@ module keeps the whole (packed) training set on the device and trains all rate p
                        the center 224 crop the evaluation protocol feeds it.
 lam is not a fixed number per rate point but a Lagrange multiplier driven (dual ascent on log lam)
 so that each point's bpp settles at its target: the rate points land where they are asked to,
-whatever the distortion terms weigh. `--holdout N` keeps the last N packed images out of training and logs
+whatever the distortion terms weigh. `--crop C` below the packed size P (pack with `--size 320`, train with
+`--crop 256`) trains on random C x C windows, latent-aligned at every scale, of the packed crops resized to
+C, (C+P)/2 and P (and their mirrors): windows of cached latents, the classifier's targets computed on the
+same pixel windows; many views per image for the machine term instead of one. The C-sized view is the
+whole image as the evaluation sees it (short side resized to C): the held-out scores use it. `--holdout N` keeps the last N packed images out of training and logs
 their KL and top-1 agreement with every machine-phase record: the training images' own scores cannot tell
 learning from memorising (a CPU run's 0.25x point scored 24% top-1 on its training crops and 4% on dev).
 
@@ -126,6 +130,22 @@ def clf_input(rec01: torch.Tensor, size: int) -> torch.Tensor:
     return preprocess(from_coded(rec01, (size, size)))
 
 
+def resize_u8(imgs: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [B,3,S,S] -> uint8 [B,3,size,size] (bicubic, antialiased)."""
+    if imgs.shape[-1] == size:
+        return imgs
+    x = F.interpolate(imgs.float().div(255), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return x.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def window_step(scales) -> int:
+    """Pixel step between window offsets that is a whole number of latents at every scale (8 at 1x, 16 at 0.5x)."""
+    for step in range(8, 1025, 8):
+        if all(abs(step * s / 8 - round(step * s / 8)) < 1e-6 for s in scales):
+            return step
+    raise ValueError(f"no latent-aligned window step for scales {sorted(set(scales))}")
+
+
 def split_indices(n: int, holdout: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """n packed images, stored as [originals, mirrors] (2n rows) -> (held-out originals, training rows).
     The last `holdout` images and their mirrors are never trained on."""
@@ -139,31 +159,43 @@ class Run:
     """All rate points' compressors, their multipliers, the frozen autoencoder and classifier, the data."""
 
     def __init__(self, pack: dict, base, clf, points: list[Point], preset: str, device, background_weight=0.1,
-                 task_weight=0.5, batch=32, holdout=0):
+                 task_weight=0.5, batch=32, holdout=0, crop=None):
         from slim_rt.config import COMPRESSOR_PRESETS
         from slim_rt.models.compressor import SlimCompressor
         self.device, self.points, self.batch = device, points, batch
         self.eps, self.task_weight = background_weight, task_weight
         self.base, self.clf = base.to(device), clf.to(device).eval().requires_grad_(False)  # both frozen
-        self.size = pack["size"]
+        self.size = pack["size"]                                           # packed crops: P x P
+        self.crop, self.step_px = crop or self.size, window_step([p.scale for p in points])
+        mult = 8 * COMPRESSOR_PRESETS[preset].latent_multiple                 # coded pixels per compressor block
+        if not (0 < self.crop <= self.size and self.crop % self.step_px == 0 and self.size % self.step_px == 0
+                and all(self.crop * p.scale % mult == 0 for p in points)):
+            raise ValueError(f"--crop {self.crop}: must be <= the packed size {self.size}, both multiples of "
+                             f"{self.step_px}, and code to a multiple of {mult} pixels at every scale")
+        # views: the packed crops resized to V x V for V in views (the smallest is the crop: the whole view, as
+        # the evaluation sees the image); training windows are crop x crop windows of a random view
+        self.views = sorted({self.crop, (self.crop + self.size) // 2 // self.step_px * self.step_px, self.size})
         imgs, masks = unpack(pack, device)
         self.comps = [SlimCompressor(COMPRESSOR_PRESETS[preset]).to(device).train() for _ in points]
         # multipliers: log lam per point (bpp + lam * D), started near what the CPU runs needed for such rates
         self.log_lam = torch.tensor([math.log(8.0 * (p.target / 0.07) ** 1.3) for p in points], dtype=torch.float64)
         self.ema_bpp = [p.target for p in points]
+        self.latents, self.masks, self.pixels = {}, {}, {}
+        imgs, masks = torch.cat([imgs, imgs.flip(-1)]), torch.cat([masks, masks.flip(-1)])  # originals + mirrors
         with torch.no_grad():
-            self.latents, self.masks, self.targets = {}, {}, None
-            x01 = torch.cat([imgs, imgs.flip(-1)]).float().div_(255)       # [2N,3,S,S]: originals + mirrors
-            m = torch.cat([masks, masks.flip(-1)])                         # [2N,1,S/8,S/8]
-            for s in sorted({p.scale for p in points}):
-                lat = []
-                for i in range(0, len(x01), 64):
-                    lat.append(self.base.encode_latent(to_coded(x01[i:i + 64], s) * 2 - 1).float())
-                self.latents[s] = torch.cat(lat)                           # [2N,C,S*s/8,S*s/8]
-                self.masks[s] = F.adaptive_avg_pool2d(m, self.latents[s].shape[-2:])
-            logits = [self.clf(clf_input(x01[i:i + 64], self.size)) for i in range(0, len(x01), 64)]
-            self.targets = F.log_softmax(torch.cat(logits).float(), -1)    # [2N,1000]
-        self.n = len(x01)
+            for v in self.views:
+                pix = torch.cat([resize_u8(imgs[i:i + 64], v) for i in range(0, len(imgs), 64)])  # [2N,3,V,V]
+                for s in sorted({p.scale for p in points}):
+                    lat = [self.base.encode_latent(to_coded(pix[i:i + 64].float().div(255), s) * 2 - 1).float()
+                           for i in range(0, len(pix), 64)]
+                    self.latents[s, v] = torch.cat(lat)                      # [2N,C,V*s/8,V*s/8]
+                    self.masks[s, v] = F.adaptive_avg_pool2d(masks, self.latents[s, v].shape[-2:])
+                if v == self.crop:   # the whole view: held-out scores and whole-crop training use these targets
+                    logits = [self.clf(clf_input(pix[i:i + 64].float().div(255), v)) for i in range(0, len(pix), 64)]
+                    self.targets = F.log_softmax(torch.cat(logits).float(), -1)  # [2N,1000]
+                if len(self.views) > 1:
+                    self.pixels[v] = pix                                      # uint8, for the windows' targets
+        self.n = len(imgs)
         self.held, self.train_idx = split_indices(self.n // 2, holdout, device)
 
     def start_from(self, states: list[dict], lambdas: list[float]) -> None:
@@ -180,27 +212,50 @@ class Run:
         aux = [p for c in self.comps for n, p in c.named_parameters() if n.endswith("quantiles")]
         return main, aux
 
-    def classify(self, x_hat: torch.Tensor) -> torch.Tensor:
-        """Decoded latent -> the frozen classifier's log-probabilities on what the evaluation shows it."""
+    def classify(self, x_hat: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Decoded latent of a size x size image (default: the crop) -> the frozen classifier's
+        log-probabilities on what the evaluation shows it."""
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x_hat.is_cuda):
             rec = ((self.base.decode_latent(x_hat) + 1) / 2).clamp(0, 1)
-            logits = self.clf(clf_input(rec.float(), self.size))
+            logits = self.clf(clf_input(rec.float(), size or self.crop))
         return F.log_softmax(logits.float(), -1)
 
-    def step_point(self, r: int, idx: torch.Tensor, machine: bool) -> dict:
-        """Forward + backward of rate point r on batch idx; returns its logs (floats stay on device)."""
-        p, comp = self.points[r], self.comps[r]
-        x = self.latents[p.scale][idx]
+    def draw_window(self, gen) -> tuple[int, int, int] | None:
+        """A random view and latent-aligned window in it: (view size, top, left) in pixels; None when training
+        on whole crops."""
+        if len(self.views) == 1:
+            return None
+        v = self.views[int(torch.randint(0, len(self.views), (1,), generator=gen, device=gen.device))]
+        n = (v - self.crop) // self.step_px + 1
+        oy, ox = torch.randint(0, n, (2,), generator=gen, device=gen.device).tolist()
+        return v, oy * self.step_px, ox * self.step_px
+
+    @torch.no_grad()
+    def window_targets(self, idx: torch.Tensor, win: tuple[int, int, int]) -> torch.Tensor:
+        """The classifier's log-probabilities on the original pixels of window `win` of rows idx."""
+        (v, oy, ox), c = win, self.crop
+        x01 = self.pixels[v][idx][..., oy:oy + c, ox:ox + c].float().div_(255)
+        return F.log_softmax(self.clf(clf_input(x01, c)).float(), -1)
+
+    def step_point(self, r: int, idx: torch.Tensor, machine: bool, win: tuple[int, int, int] | None = None,
+                   tgt: torch.Tensor | None = None) -> dict:
+        """Forward + backward of rate point r on batch idx (window `win` of it, whose classifier targets are
+        `tgt`; default the whole crops); returns its logs (floats stay on device)."""
+        p, comp, c = self.points[r], self.comps[r], self.crop
+        v, oy, ox = win or (c, 0, 0)
+        (ly, lx), lc = (round(o * p.scale / 8) for o in (oy, ox)), round(c * p.scale / 8)
+        x = self.latents[p.scale, v][idx][..., ly:ly + lc, lx:lx + lc]  # [B,C,c*s/8,c*s/8]
+        m = self.masks[p.scale, v][idx][..., ly:ly + lc, lx:lx + lc]
         out = comp(x)
         B = x.shape[0]
-        bpp = sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values()) / (B * self.size * self.size)
-        m = self.masks[p.scale][idx]
+        bpp = sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values()) / (B * c * c)
         se = (out["x_hat"] - x).pow(2)
         d_roi, d_bg = (m * se).mean(), ((1 - m) * se).mean()
         d = d_roi + self.eps * d_bg
         logs = {"bpp": bpp.detach(), "mse_roi": d_roi.detach()}
         if machine:
-            logp, tgt = self.classify(out["x_hat"]), self.targets[idx]
+            logp = self.classify(out["x_hat"], c)
+            tgt = self.targets[idx] if win is None else tgt
             kl = F.kl_div(logp, tgt, log_target=True, reduction="batchmean")
             d = d + self.task_weight * kl
             logs["kl"] = kl.detach()
@@ -219,7 +274,7 @@ class Run:
         kl, agree = 0.0, 0.0
         for i in range(0, len(self.held), chunk):
             idx = self.held[i:i + chunk]
-            logp, tgt = self.classify(comp(self.latents[p.scale][idx])["x_hat"]), self.targets[idx]
+            logp, tgt = self.classify(comp(self.latents[p.scale, self.crop][idx])["x_hat"]), self.targets[idx]
             kl += float(F.kl_div(logp, tgt, log_target=True, reduction="sum"))
             agree += float((logp.argmax(-1) == tgt.argmax(-1)).sum())
         comp.train()
@@ -259,7 +314,9 @@ def run_phase(run: Run, name: str, seconds: float, lr: float, machine: bool, log
         opt.param_groups[0]["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         opt.zero_grad(set_to_none=True)
         idx = run.train_idx[torch.randint(0, len(run.train_idx), (run.batch,), device=run.device, generator=gen)]
-        logs = [run.step_point(r, idx, machine) for r in range(len(run.points))]
+        win = run.draw_window(gen)
+        tgt = run.window_targets(idx, win) if machine and win is not None else None
+        logs = [run.step_point(r, idx, machine, win, tgt) for r in range(len(run.points))]
         opt.step()
         step += 1
         if step % 10 == 0 or not machine and step % 50 == 0:
@@ -341,13 +398,14 @@ def train_main(a) -> None:
 
     t = time.perf_counter()
     run = Run(torch.load(a.pack, weights_only=False), load_base(a.base, need_unet=False), load_efficientnet_lite0(weights=a.classifier), points,
-              a.preset, device, task_weight=a.task_weight, batch=a.batch, holdout=a.holdout)
+              a.preset, device, task_weight=a.task_weight, batch=a.batch, holdout=a.holdout,
+              crop=a.crop)
     if a.init:
         run.start_from(*init_states(a.init))
     log({"phase": "setup", "device": str(device), "images": run.n, "seconds": round(time.perf_counter() - t, 1),
          "points": [vars(p) for p in points], "init": a.init or None})
     meta = {"points": [vars(p) for p in points], "preset": a.preset, "task_weight": a.task_weight,
-            "batch": a.batch, "images": run.n // 2 - a.holdout, "holdout": a.holdout, "phases": {}}
+            "batch": a.batch, "images": run.n // 2 - a.holdout, "holdout": a.holdout, "crop": run.crop, "phases": {}}
 
     def save(name: str, steps: int, seconds: float, partial: bool = False):
         save_states(out, name, run.states(torch.float16 if name == "latent" and a.small else torch.float32))
@@ -433,6 +491,8 @@ def main(argv=None) -> None:
                    "(e.g. slim-tiny: --points must then list its rate points, e.g. 0.5:0.025,0.5:0.05,1:0.1,1:0.2)")
     t.add_argument("--holdout", type=int, default=0, help="keep the last N packed images (and mirrors) out of "
                    "training; the machine phase logs their KL and top-1 agreement (what transfers)")
+    t.add_argument("--crop", type=int, default=None, help="train on random CROP x CROP windows of the packed "
+                   "crops (latent-aligned offsets; default: the whole packed crops)")
     t.add_argument("--small", action="store_true", help="keep the latent phase's weights in fp16 (fewer bytes)")
     t.add_argument("--out", required=True)
     s = sub.add_parser("assemble")
