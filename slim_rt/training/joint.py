@@ -19,9 +19,10 @@ whatever the distortion terms weigh. `--crop C` below the packed size P (pack wi
 `--crop 256`) trains on random C x C windows, latent-aligned at every scale, of the packed crops resized to
 C, (C+P)/2 and P (and their mirrors): windows of cached latents, the classifier's targets computed on the
 same pixel windows; many views per image for the machine term instead of one. The C-sized view is the
-whole image as the evaluation sees it (short side resized to C): the held-out scores use it. `--holdout N` keeps the last N packed images out of training and logs
-their KL and top-1 agreement with every machine-phase record: the training images' own scores cannot tell
-learning from memorising (a CPU run's 0.25x point scored 24% top-1 on its training crops and 4% on dev).
+whole image as the evaluation sees it (short side resized to C): the held-out scores use it. `--holdout N`
+keeps the last N packed images out of training and logs their KL and top-1 agreement with every
+machine-phase record: the training images' own scores cannot tell learning from memorising (a CPU run's
+0.25x point scored 24% top-1 on its training crops and 4% on dev).
 
 Writes OUT/points.json, OUT/log.jsonl and OUT/{latent,machine}-{i}.safetensors (every rate point's
 trained weights, keys "rate{r}.*", files under 15 MiB; CDF tables are built where the model is
