@@ -194,7 +194,7 @@ class Run:
                 if v == self.crop:   # the whole view: held-out scores and whole-crop training use these targets
                     logits = [self.clf(clf_input(pix[i:i + 64].float().div(255), v)) for i in range(0, len(pix), 64)]
                     self.targets = F.log_softmax(torch.cat(logits).float(), -1)  # [2N,1000]
-                if len(self.views) > 1:
+                if v != self.crop:
                     self.pixels[v] = pix                                      # uint8, for the windows' targets
         self.n = len(imgs)
         self.held, self.train_idx = split_indices(self.n // 2, holdout, device)
@@ -232,21 +232,24 @@ class Run:
         return v, oy * self.step_px, ox * self.step_px
 
     @torch.no_grad()
-    def window_targets(self, idx: torch.Tensor, win: tuple[int, int, int]) -> torch.Tensor:
-        """The classifier's log-probabilities on the original pixels of window `win` of rows idx."""
+    def window_targets(self, idx: torch.Tensor, win: tuple[int, int, int] | None) -> torch.Tensor:
+        """The classifier's log-probabilities on the original pixels of window `win` of rows idx (cached for
+        the whole crop view)."""
+        if win is None or win[0] == self.crop:
+            return self.targets[idx]
         (v, oy, ox), c = win, self.crop
         x01 = self.pixels[v][idx][..., oy:oy + c, ox:ox + c].float().div_(255)
         return F.log_softmax(self.clf(clf_input(x01, c)).float(), -1)
 
     def step_point(self, r: int, idx: torch.Tensor, machine: bool, win: tuple[int, int, int] | None = None,
                    tgt: torch.Tensor | None = None) -> dict:
-        """Forward + backward of rate point r on batch idx (window `win` of it, whose classifier targets are
-        `tgt`; default the whole crops); returns its logs (floats stay on device)."""
+        """Forward + backward of rate point r on batch idx (window `win` of it, default the whole crops; `tgt`
+        its classifier targets, default `window_targets`); returns its logs (floats stay on device)."""
         p, comp, c = self.points[r], self.comps[r], self.crop
         v, oy, ox = win or (c, 0, 0)
         (ly, lx), lc = (round(o * p.scale / 8) for o in (oy, ox)), round(c * p.scale / 8)
-        x = self.latents[p.scale, v][idx][..., ly:ly + lc, lx:lx + lc]  # [B,C,c*s/8,c*s/8]
-        m = self.masks[p.scale, v][idx][..., ly:ly + lc, lx:lx + lc]
+        x = self.latents[p.scale, v][..., ly:ly + lc, lx:lx + lc][idx]  # [B,C,c*s/8,c*s/8]: only the window copied
+        m = self.masks[p.scale, v][..., ly:ly + lc, lx:lx + lc][idx]
         out = comp(x)
         B = x.shape[0]
         bpp = sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values()) / (B * c * c)
@@ -256,7 +259,7 @@ class Run:
         logs = {"bpp": bpp.detach(), "mse_roi": d_roi.detach()}
         if machine:
             logp = self.classify(out["x_hat"], c)
-            tgt = self.targets[idx] if win is None else tgt
+            tgt = self.window_targets(idx, win) if tgt is None else tgt
             kl = F.kl_div(logp, tgt, log_target=True, reduction="batchmean")
             d = d + self.task_weight * kl
             logs["kl"] = kl.detach()
@@ -316,7 +319,7 @@ def run_phase(run: Run, name: str, seconds: float, lr: float, machine: bool, log
         opt.zero_grad(set_to_none=True)
         idx = run.train_idx[torch.randint(0, len(run.train_idx), (run.batch,), device=run.device, generator=gen)]
         win = run.draw_window(gen)
-        tgt = run.window_targets(idx, win) if machine and win is not None else None
+        tgt = run.window_targets(idx, win) if machine else None     # once per step, shared by every point
         logs = [run.step_point(r, idx, machine, win, tgt) for r in range(len(run.points))]
         opt.step()
         step += 1
