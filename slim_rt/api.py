@@ -19,6 +19,7 @@ from slim_rt.images import to_pil, to_tensor
 from slim_rt.models.registry import DEFAULT_MODEL, default_model  # noqa: F401 (api names)
 from slim_rt.models.slim import SlimModel
 from slim_rt.pipeline import Pipeline
+from slim_rt.refine import MachineRefiner, RefineConfig
 
 # Pixels one call may process (per image, and per batch of same-size images) unless the caller
 # raises it; peak memory grows linearly with pixels (docs/memory.md), so this bounds memory and work
@@ -118,10 +119,28 @@ def _make_engine_pipeline(export_dir, backend, device, stages=None, overrides=No
     return Pipeline(model, built, device, impl, torch.float32)
 
 
+def _refiner(refine, device) -> MachineRefiner | None:
+    """None | steps (int) | RefineConfig | MachineRefiner -> a refiner (EfficientNet-Lite0 by default)."""
+    if refine is None or isinstance(refine, MachineRefiner):
+        return refine
+    cfg = RefineConfig(steps=refine) if isinstance(refine, int) and not isinstance(refine, bool) else refine
+    if not isinstance(cfg, RefineConfig):
+        raise ValueError(f"refine must be None, a number of steps, a RefineConfig or a MachineRefiner, got {refine!r}")
+    if cfg.steps == 0:
+        return None
+    from slim_rt.classifier import load_efficientnet_lite0
+    return MachineRefiner(load_efficientnet_lite0(device), cfg)
+
+
 class Encoder:
+    """refine: optimise each image's coded latent for the machine at encode time (`slim_rt.refine`):
+    a number of steps, a RefineConfig or a MachineRefiner (default machine: EfficientNet-Lite0).
+    Slower encodes, the same format and decoder."""
+
     def __init__(self, pipeline: Pipeline, rate: int = 0, captioner: Captioner | None = None,
-                 steps: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 steps: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, refine=None):
         pipeline.check_rate(rate)
+        self.refiner = _refiner(refine, pipeline.device)
         self.pipeline = pipeline
         self.rate = rate
         self.max_pixels = max_pixels
@@ -135,13 +154,14 @@ class Encoder:
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, *, rate: int = 0, device="cpu",
                         backend: str = "torch", captioner: Captioner | None = None, steps: int | None = None,
                         dtype: torch.dtype | None = None, local_files_only: bool = False,
-                        max_pixels: int = DEFAULT_MAX_PIXELS, text_encoder=None, compile_options=None) -> "Encoder":
+                        max_pixels: int = DEFAULT_MAX_PIXELS, text_encoder=None, compile_options=None,
+                        refine=None) -> "Encoder":
         """backend: "torch" (eager), "torch.compile" or "compiled" (compiled stages + CUDA graphs,
         see slim_rt.backends.compiled_backend; `compile_options` tunes it). text_encoder: a context-table
         folder to use instead of the base's text encoder (slim_rt.models.context_table)."""
         return cls(_make_pipeline(name_or_path, device, backend, dtype, local_files_only,
                                   text_encoder=text_encoder, compile_options=compile_options),
-                   rate, captioner, steps, max_pixels)
+                   rate, captioner, steps, max_pixels, refine)
 
     @classmethod
     def from_engines(cls, export_dir, backend: str = "ort", *, rate: int = 0, device="cpu",
@@ -205,7 +225,8 @@ class Encoder:
         out: list[bytes | None] = [None] * len(tensors)
         for idx in batches:
             batch = torch.stack([tensors[i] for i in idx])
-            for i, data in zip(idx, self.pipeline.encode(batch, [caps[i] for i in idx], rate, self.steps)):
+            for i, data in zip(idx, self.pipeline.encode(batch, [caps[i] for i in idx], rate, self.steps,
+                                                         self.refiner)):
                 out[i] = data
         return out  # type: ignore[return-value]
 

@@ -152,7 +152,8 @@ def cmd_compress(args) -> int:
         print(f"nothing to do: all {total} outputs exist")
         return 0
     enc = slim_rt.Encoder.from_pretrained(_model(args), rate=args.rate, device=args.device,
-                                          backend=args.backend, steps=args.steps, max_pixels=args.max_pixels)
+                                          backend=args.backend, steps=args.steps, max_pixels=args.max_pixels,
+                                          refine=args.refine)
     failed = 0
     for src, dst in _progress(pairs, len(pairs) > 1):
         try:
@@ -430,6 +431,9 @@ def _common(p: argparse.ArgumentParser, enc: bool) -> None:
         p.add_argument("--rate", type=int, default=0, help="rate point index, 0 = lowest bitrate")
         p.add_argument("--caption", default=None,
                        help="caption to send (default: automatic when --steps >= 1, none at 0; '' for none)")
+        p.add_argument("--refine", type=int, default=0, metavar="N",
+                       help="optimise each image's code for the machine (EfficientNet-Lite0) in N steps at "
+                            "encode time: slower encodes, the same decoder (default 0: off; e.g. 20)")
 
 
 def build_parser() -> argparse.ArgumentParser:

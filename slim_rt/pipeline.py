@@ -159,14 +159,15 @@ class Pipeline:
 
     # -- encode ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def encode(self, images: Tensor, captions: list[str], rate: int, steps: int) -> list[bytes]:
-        """images [B,3,H,W] in [0,1] (one size) -> one .slim bytes object per image."""
+    def encode(self, images: Tensor, captions: list[str], rate: int, steps: int, refiner=None) -> list[bytes]:
+        """images [B,3,H,W] in [0,1] (one size) -> one .slim bytes object per image. refiner: None, or
+        `refiner(model, rate, images, y, z, coded_hw) -> y`, e.g. slim_rt.refine.MachineRefiner."""
         self.check_rate(rate)
         self.check_steps(steps)
         with self.call_timer():
-            return self._encode(images, captions, rate, steps)
+            return self._encode(images, captions, rate, steps, refiner)
 
-    def _encode(self, images: Tensor, captions: list[str], rate: int, steps: int) -> list[bytes]:
+    def _encode(self, images: Tensor, captions: list[str], rate: int, steps: int, refiner=None) -> list[bytes]:
         B, _, H, W = images.shape
         cap_bytes = [c.encode("utf-8") for c in captions]
         limit = min(self.model.config.max_caption_bytes, bsf.MAX_CAPTION_BYTES)
@@ -176,12 +177,16 @@ class Pipeline:
         scale = self.model.config.rate_scale(rate)
         if scale != 1.0:  # this rate point codes a smaller image (bicubic, antialiased)
             img = to_coded(img, scale).to(self.dtype)
+        coded_hw = tuple(img.shape[-2:])
         x = pad_to_multiple(img * 2 - 1, self.model.pixel_multiple)
         latent = self._run("vae_encoder", image=x).float()
         y = self._run("latent_analysis", rate, latent=latent).float()
         z = self._run("hyper_analysis", rate, y=y).float()
         if not (torch.isfinite(y).all() and torch.isfinite(z).all()):  # e.g. an fp16 overflow
             raise ValueError("the analysis produced non-finite values (try dtype=float32)")
+        if refiner is not None:
+            with self._timed("refine"):
+                y = refiner(self.model, rate, images, y, z, coded_hw).to(y.device, y.dtype)
         comp = self.model.compressors[rate]
         with self._timed("entropy_encode"):
             out = comp.compress_with(

@@ -25,6 +25,7 @@ def freeze_classifier(classifier, size: int = 224):
     try:
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")
+            size = getattr(classifier, "input_size", size)
             probe = torch.rand(2, 3, size, size, device=classifier.device)
             frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(classifier.model, probe)))
             if not torch.allclose(frozen(probe), classifier.model(probe), atol=1e-3, rtol=1e-3):

@@ -34,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                             "e.g. with --int8 vae_decoder); default: the torch model")
     p.add_argument("--encoder-export", help="encode with ONNX Runtime on this exported directory (e.g. with --int8 "
                                             "vae_encoder); default: the torch model")
+    p.add_argument("--machine", default="efficientnet-lite0",
+                   help="the classifier that scores (default efficientnet-lite0; efficientnet-lite1/2 need their "
+                        "optional weight packages): a machine the codec never trained on")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="SLIM encodes refined for EfficientNet-Lite0 in N steps (slim_rt.refine; default 0: off)")
+    p.add_argument("--rates", nargs="+", help="SLIM rate points to run (default: all)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared CPU)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance of the decoder, e.g. for a many-step teacher (default 1: none)")

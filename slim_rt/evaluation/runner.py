@@ -44,7 +44,8 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
              classifier=None, captioner=None, qualities: dict | None = None, baseline_scales=(1.0,),
              batch: int = 16, tag: str | None = None, bd_method: str = "pchip", write: bool = True,
              threads: int | None = None, guidance: float = 1.0, baselines_from=None, decoder_export=None,
-             encoder_export=None, log=_log) -> dict:
+             encoder_export=None, machine: str = "efficientnet-lite0", refine: int = 0, rates=None,
+             log=_log) -> dict:
     """Evaluate; returns the aggregated results dict (also written as JSON when write=True).
 
     classifier: a `slim_rt.classifier.Classifier` (logits of [B,3,H,W] in [0,1], own preprocessing);
@@ -58,6 +59,9 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
     baselines_from: an earlier eval JSON on the same images whose classical settings are reused.
     decoder_export / encoder_export: decode / encode with ONNX Runtime on this exported directory (its
     stages as exported, e.g. an int8 vae_decoder or vae_encoder) instead of the torch model.
+    machine: the scoring classifier by name (slim_rt.classifier.load_machine) when `classifier` is None.
+    refine: SLIM encodes refined in this many steps for EfficientNet-Lite0 (slim_rt.refine), whatever
+    machine scores; rates: the SLIM rate points to run (default all).
     BD-rates are also reported against the classical envelope (every classical point pooled)."""
     prev_threads = torch.get_num_threads()
     if threads:
@@ -65,14 +69,14 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
     try:
         return _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
                          qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from,
-                         decoder_export, encoder_export, log)
+                         decoder_export, encoder_export, machine, refine, rates, log)
     finally:
         torch.set_num_threads(prev_threads)
 
 
 def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
               qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from, decoder_export,
-              encoder_export, log) -> dict:
+              encoder_export, machine, refine, rates, log) -> dict:
     t_start = time.perf_counter()
     codecs = [c.strip().lower() for c in (codecs.split(",") if isinstance(codecs, str) else codecs) if c.strip()]
     bad = [c for c in codecs if c not in CODECS]
@@ -95,10 +99,10 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     N = len(images)
     log(f"{N} images from {data}")
 
-    from slim_rt.classifier import Classifier
+    from slim_rt.classifier import load_machine
     own_classifier = classifier is None
     if own_classifier:
-        classifier = freeze_classifier(Classifier(device=device))
+        classifier = freeze_classifier(load_machine(machine, device=device))
     rows: list[dict] = []
 
     def add(codec, curve, setting, datas, recs, enc_ms, dec_ms, quality=None, scale=1.0, rate=None, k=None,
@@ -125,7 +129,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     log(f"uncompressed 256-crops: top-1 {reference['top1']:.4f}  top-5 {reference['top5']:.4f}")
 
     # SLIM: one encode per rate; the K variants differ only in the header's steps field
-    model_name = None
+    model_name, run_rates = None, None
     if "slim" in codecs:
         import slim_rt
         from slim_rt import bitstream as bsf
@@ -137,7 +141,8 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
             enc = slim_rt.Encoder.from_engines(encoder_export, "ort", device=device, captioner=FixedCaptioner(""),
                                                steps=0)
         else:
-            enc = slim_rt.Encoder.from_pretrained(model, rate=0, device=device, captioner=FixedCaptioner(""), steps=0)
+            enc = slim_rt.Encoder.from_pretrained(model, rate=0, device=device, captioner=FixedCaptioner(""), steps=0,
+                                                  refine=refine or None)
         if decoder_export:
             dec = slim_rt.Decoder.from_engines(decoder_export, "ort")
         elif encoder_export:
@@ -156,7 +161,10 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
             captioner = ClassifierCaptioner(template=enc.model.config.caption_template, device=device)
         caps = captions(caption_mode, images, enc.model.config.caption_template, ref_preds, captioner, refs)
         dec.warmup((SIZE, SIZE), steps=0)
-        for r in range(enc.model.num_rates):
+        run_rates = list(range(enc.model.num_rates)) if rates is None else [int(r) for r in rates]
+        for r in run_rates:
+            enc.pipeline.check_rate(r)
+        for r in run_rates:
             datas, enc_ms = [], []
             for i in range(0, N, batch):
                 t = time.perf_counter()
@@ -174,7 +182,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
                     dec_ms += [(time.perf_counter() - t) * 1e3 / len(out)] * len(out)
                     unet_ms += [dec.timings.get("unet", 0.0) / len(out)] * len(out)
                     recs += [quantize(x) for x in out]
-                curve = f"slim-k{k}" + (f"-g{gk:g}" if gk != 1.0 else "")
+                curve = f"slim-k{k}" + (f"-g{gk:g}" if gk != 1.0 else "") + (f"-refine{refine}" if refine else "")
                 add("slim", curve, f"r{r}-k{k}", kdatas, recs, enc_ms, dec_ms, rate=r, k=k, caps=kcaps,
                     unet_ms=unet_ms)
         del enc, dec
@@ -229,7 +237,8 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         "name": name, "data": str(data), "split": split, "n_images": N, "limit": limit,
         "model": model_name, "model_path": str(model) if model_name else None, "caption_mode": caption_mode,
         "steps": ks if "slim" in codecs else None, "guidance": guidance, "device": str(device), "size": SIZE,
-        "classifier": "EfficientNet-Lite0" if own_classifier else type(classifier).__name__,
+        "classifier": machine if own_classifier else type(classifier).__name__,
+        "refine": refine, "rates": run_rates if "slim" in codecs else None,
         "protocol": "resize short side 256 (bicubic, antialiased), center crop 256x256, 8-bit RGB -> codec; "
                     "classifier: its own preprocessing on the decoded 256x256 image",
         "reference": reference, "settings": settings, "bd_rate_method": bd_method,
@@ -270,7 +279,9 @@ def run_from_args(args) -> int:
                    batch=args.batch, tag=args.tag, threads=getattr(args, "threads", None),
                    guidance=getattr(args, "guidance", 1.0), baselines_from=getattr(args, "baselines_from", None),
                    decoder_export=getattr(args, "decoder_export", None),
-                   encoder_export=getattr(args, "encoder_export", None))
+                   encoder_export=getattr(args, "encoder_export", None),
+                   machine=getattr(args, "machine", "efficientnet-lite0"), refine=getattr(args, "refine", 0),
+                   rates=getattr(args, "rates", None))
     print(markdown(res))
     return 0
 

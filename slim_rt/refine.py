@@ -1,0 +1,100 @@
+"""Encoder-side refinement for a known machine: per image, choose the coded latent y for the classifier.
+
+The encoder holds the original image, so it can ask the machine what it sees in it and pick, among
+latents the decoder will decode, one whose decoded image the machine reads the same way. Starting
+from y0 = g_a(latent), with z (hence the means and the CDF indexes) fixed, `steps` Adam steps minimise
+
+    KL(clf(original) || clf(decoded)) + rate_weight * bpp + cap_weight * relu(bpp - bpp0)
+
+through the straight-through rounding of y (the symbols the coder writes), the frozen latent
+synthesis g_s, the frozen autoencoder's decoder and the resize back to the image's size; bpp is the
+rate of those symbols under the Gaussian conditional (z's bits do not change). The hinge keeps each
+image at or below the bits of its unrefined file. Nothing about the format or the decoder changes:
+a refined file is an ordinary file of the same model, decoded by any decoder and backend.
+
+What it costs and what it buys: `steps` forward and backward passes of the decoder and the classifier
+per image at encode time (decode time is unchanged), and machine accuracy for the classifier it was
+refined for. It is an optimisation *for that machine*: benchmarks/results/slim-tiny-v2-refine.md
+reports it with the machine it was refined for and with one it never saw (EfficientNet-Lite2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from slim_rt.images import from_coded
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    steps: int = 20             # Adam steps per batch (0: off)
+    lr: float = 0.02            # on y, in quantisation steps (the symbols are round(y - mean))
+    rate_weight: float = 30.0   # KL nats per bpp
+    cap_weight: float = 3000.0  # per bpp above the unrefined file's
+
+    def __post_init__(self):
+        if not (isinstance(self.steps, int) and 0 <= self.steps <= 1000):
+            raise ValueError(f"refine steps must be an integer in [0, 1000], got {self.steps!r}")
+        if not (self.lr > 0 and self.rate_weight >= 0 and self.cap_weight >= 0):
+            raise ValueError("refine needs lr > 0 and rate_weight, cap_weight >= 0")
+
+
+class MachineRefiner:
+    """`refiner(model, rate, images, y, z, coded_hw) -> y` for `Pipeline.encode(refiner=...)`.
+
+    classifier: a module taking preprocessed images (e.g. `slim_rt.classifier.load_efficientnet_lite0()`),
+    preprocess: [B,3,H,W] in [0,1] -> its input (default: EfficientNet-Lite0's, `slim_rt.classifier.preprocess`).
+    Runs in float32 on the torch modules of the model (any backend's pipeline: the analysis and the coding
+    stay the pipeline's; only this search uses autograd)."""
+
+    def __init__(self, classifier: torch.nn.Module, config: RefineConfig = RefineConfig(), preprocess=None):
+        from slim_rt.classifier import preprocess as lite0_preprocess
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.config = config
+        self.preprocess = preprocess or lite0_preprocess
+
+    def __call__(self, model, rate: int, images: Tensor, y: Tensor, z: Tensor, coded_hw: tuple[int, int]) -> Tensor:
+        cfg = self.config
+        if cfg.steps == 0:
+            return y
+        if model.base.vae is None:
+            raise ValueError("refinement needs the model's torch autoencoder (load it with from_pretrained)")
+        comp = model.compressors[rate]
+        dev = next(self.classifier.parameters()).device
+        images, y, z = images.float().to(dev), y.float().to(dev), z.float().to(dev)
+        B, _, H, W = images.shape
+        hc, wc = coded_hw
+        with torch.inference_mode(False), torch.enable_grad():  # a pipeline call runs in inference mode
+            images, y, z = images.clone(), y.clone(), z.clone()    # normal tensors, usable by autograd
+            with torch.no_grad():
+                target = F.log_softmax(self.classifier(self.preprocess(images)).float(), -1)  # [B, 1000]
+                z_sym, z_hat = comp.entropy_bottleneck.quantize_symbols(z)
+                means = comp.h_s_mean(z_hat)                                                   # [B, M, h, w]
+                idx = comp.h_s_scale.indexes(z_sym, comp.int_params())
+                scales = comp.gaussian.scales_from_index(idx.float())   # exactly the table's scales
+
+            def objective(y: Tensor) -> tuple[Tensor, Tensor]:
+                """-> (KL per image [B], bpp of y's symbols per image [B])"""
+                r = y - means
+                y_hat = r + (torch.round(r) - r).detach() + means        # what the decoder will see (STE)
+                bits = -torch.log2(comp.gaussian.likelihood(y_hat, scales, means)).flatten(1).sum(1)
+                img = (model.base.decode_latent(comp.g_s(y_hat)).float()[..., :hc, :wc] + 1) / 2
+                if (hc, wc) != (H, W):
+                    img = from_coded(img, (H, W))
+                logp = F.log_softmax(self.classifier(self.preprocess(img.clamp(0, 1))).float(), -1)
+                kl = F.kl_div(logp, target, log_target=True, reduction="none").sum(-1)
+                return kl, bits / (H * W)
+
+            with torch.no_grad():
+                _, bpp0 = objective(y)
+            y = y.detach().clone().requires_grad_(True)
+            opt = torch.optim.Adam([y], lr=cfg.lr)
+            for _ in range(cfg.steps):
+                kl, bpp = objective(y)
+                loss = (kl + cfg.rate_weight * bpp + cfg.cap_weight * F.relu(bpp - bpp0)).sum()
+                y.grad = torch.autograd.grad(loss, y)[0]   # no gradients for the frozen networks
+                opt.step()
+        return y.detach()

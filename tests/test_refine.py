@@ -1,0 +1,86 @@
+"""Encoder-side refinement for a known machine (slim_rt.refine): ordinary files, a better objective."""
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import slim_rt
+from slim_rt.captions import FixedCaptioner
+from slim_rt.refine import MachineRefiner, RefineConfig
+from tests.conftest import rand_image
+
+
+class TinyMachine(nn.Module):
+    """A random 10-class 'classifier' on 32x32 inputs: small enough to refine against in a test."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 4).flatten(1))
+
+
+def _prep(x):
+    return F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def machine():
+    return TinyMachine().eval()
+
+
+def _objective(enc, refiner, img, data, rate):
+    """KL(machine(original) || machine(decoded file)) per image, as the decoder sees the file."""
+    out = slim_rt.Decoder(enc.pipeline).decode(data, output="tensor")[None]
+    with torch.no_grad():
+        t = F.log_softmax(refiner.classifier(refiner.preprocess(img[None])), -1)
+        p = F.log_softmax(refiner.classifier(refiner.preprocess(out)), -1)
+    return float(F.kl_div(p, t, log_target=True, reduction="sum"))
+
+
+@pytest.mark.parametrize("hw,rate", [((64, 64), 1), ((72, 104), 0)])
+def test_refined_files_decode_anywhere_and_lower_the_objective(tiny_dir, machine, hw, rate):
+    torch.manual_seed(0)
+    refiner = MachineRefiner(machine, RefineConfig(steps=25, lr=0.1, rate_weight=0.0, cap_weight=0.0),
+                             preprocess=_prep)
+    plain = slim_rt.Encoder.from_pretrained(str(tiny_dir), captioner=FixedCaptioner(""), steps=0)
+    refined = slim_rt.Encoder(plain.pipeline, captioner=FixedCaptioner(""), steps=0, refine=refiner)
+    kl_plain, kl_refined = [], []
+    for i in range(2):
+        img = rand_image(*hw)
+        a, b = plain.encode(img, rate=rate), refined.encode(img, rate=rate)
+        assert slim_rt.inspect(b)["rate"] == rate
+        assert refined.timings.get("refine", 0) > 0
+        # an ordinary file of the same model: another decoder (its own pipeline) reads it
+        other = slim_rt.Decoder.from_pretrained(str(tiny_dir)).decode(b, output="tensor")
+        assert other.shape == (3, *hw) and torch.isfinite(other).all()
+        kl_plain.append(_objective(plain, refiner, img, a, rate))
+        kl_refined.append(_objective(plain, refiner, img, b, rate))
+    assert sum(kl_refined) < 0.8 * sum(kl_plain), (kl_plain, kl_refined)
+
+
+def test_refine_off_is_the_plain_encoder(tiny_dir, machine):
+    plain = slim_rt.Encoder.from_pretrained(str(tiny_dir), captioner=FixedCaptioner(""), steps=0)
+    off = slim_rt.Encoder(plain.pipeline, captioner=FixedCaptioner(""), steps=0,
+                          refine=MachineRefiner(machine, RefineConfig(steps=0), preprocess=_prep))
+    img = rand_image(64, 64)
+    assert off.encode(img, rate=1) == plain.encode(img, rate=1)
+    assert slim_rt.Encoder(plain.pipeline, refine=0).refiner is None
+
+
+@pytest.mark.parametrize("bad", [dict(steps=-1), dict(steps=2.5), dict(lr=0), dict(rate_weight=-1)])
+def test_bad_refine_configs_are_refused(bad):
+    with pytest.raises(ValueError):
+        RefineConfig(**bad)
+
+
+def test_bad_refine_argument(tiny_dir):
+    plain = slim_rt.Encoder.from_pretrained(str(tiny_dir))
+    with pytest.raises(ValueError, match="refine must be"):
+        slim_rt.Encoder(plain.pipeline, refine="fast")
