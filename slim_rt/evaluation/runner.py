@@ -231,6 +231,10 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     if limit is not None and limit < len(labelled_files(data)):
         name += f"-first{limit}"
     tag = tag if tag is not None else (None if caption_mode == "auto" else f"cap-{caption_mode}")
+    if refine and "slim" in codecs:
+        name += f"-refine{refine}"
+    if own_classifier and machine != "efficientnet-lite0":
+        name += "-" + machine.replace("efficientnet-", "")
     if tag:
         name += f"-{tag}"
     result = {
