@@ -244,7 +244,7 @@ def cmd_demo(args) -> int:
     model = _model(args)
     t = time.perf_counter()
     enc = slim_rt.Encoder.from_pretrained(model, rate=0, device=args.device, backend=args.backend,
-                                          steps=args.steps, max_pixels=args.max_pixels)
+                                          steps=args.steps, max_pixels=args.max_pixels, refine=args.refine)
     args.rate = enc.model.num_rates - 1 if args.rate is None else args.rate  # demo: best quality by default
     enc.pipeline.check_rate(args.rate)
     enc.rate = args.rate
