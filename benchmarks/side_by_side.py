@@ -1,8 +1,10 @@
 """Side-by-side pictures: original | SLIM | WebP | AVIF at (at most) the same bits per pixel.
 
     python benchmarks/side_by_side.py IMAGE [IMAGE ...] --out benchmarks/results/side-by-side.png
-        [--model slim-tiny] [--rate R] [--steps K] [--crop 256]
+        [--model slim-tiny] [--rate R] [--steps K] [--crop 256] [--refine N]
 
+--refine N adds a panel after SLIM's: the same rate point encoded with `slim_rt.refine` (N steps for
+EfficientNet-Lite0); WebP and AVIF then get the budget of the larger of the two SLIM files.
 Each row is one image (eval protocol: short side resized to --crop, center crop; --crop 0 keeps the
 image as it is, e.g. Kodak's 768x512). WebP and AVIF get, among every quality of the eval grid and
 the scales 1, 1/2, 1/4 (coded small, upscaled back with bicubic), the best setting whose file is no
@@ -52,6 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=int, default=None, help="SLIM rate point (default: the model's middle one)")
     ap.add_argument("--steps", type=int, default=None, help="enhancement steps K (default: the bitstream's)")
     ap.add_argument("--crop", type=int, default=256, help="eval-protocol crop size; 0 = the whole image")
+    ap.add_argument("--refine", type=int, default=0, help="also a SLIM panel refined in N steps (slim_rt.refine)")
     a = ap.parse_args(argv)
 
     import slim_rt
@@ -61,6 +64,7 @@ def main(argv=None) -> int:
     enc = slim_rt.Encoder.from_pretrained(a.model)
     dec = slim_rt.Decoder(enc.pipeline)
     rate = enc.model.num_rates // 2 if a.rate is None else a.rate
+    refined = slim_rt.Encoder(enc.pipeline, captioner=enc.captioner, refine=a.refine) if a.refine else None
 
     def label(im: Image.Image) -> str:
         x = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
@@ -75,8 +79,13 @@ def main(argv=None) -> int:
         data = enc.encode(img, rate=rate)
         slim = dec.decode(data, steps=a.steps)
         panels = [(img, "original"), (slim, f"SLIM r{rate} {8 * len(data) / px:.3f} bpp")]
+        budget = len(data)
+        if refined is not None:
+            rdata = refined.encode(img, rate=rate)
+            panels.append((dec.decode(rdata, steps=a.steps), f"refine{a.refine} {8 * len(rdata) / px:.3f} bpp"))
+            budget = max(budget, len(rdata))
         for codec in ("webp", "avif"):
-            rec, n, name = classical_at(img, codec, len(data))
+            rec, n, name = classical_at(img, codec, budget)
             panels.append((rec, f"{name} {8 * n / px:.3f} bpp"))
         rows.append([(im, f"{txt}: {label(im)}") for im, txt in panels])
 
