@@ -216,3 +216,19 @@ def test_eval_decodes_through_an_export(ev, data_dir, tiny_dir, exported, tmp_pa
     for x in c["settings"]:  # fp32 ONNX latents may round a symbol differently now and then: nearly equal
         assert x["bpp"] == pytest.approx(sa[x["setting"]]["bpp"], rel=0.05)
         assert x["psnr"] == pytest.approx(sa[x["setting"]]["psnr"], abs=0.5)
+
+
+def test_reused_baselines_must_be_scored_by_the_same_machine(tmp_path):
+    import json
+
+    from slim_rt.evaluation.baselines import reuse_baselines
+    data = tmp_path / "dev"
+    data.mkdir()
+    settings = [{"codec": "webp", "curve": "webp", "setting": "q0", "bpp": 0.1, "top1": 0.5},
+                {"codec": "slim", "curve": "slim-k0", "setting": "r0-k0", "bpp": 0.03, "top1": 0.2}]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"n_images": 1, "split": "dev", "classifier": "EfficientNet-Lite0",
+                                "settings": settings}))
+    assert reuse_baselines(path, ["im"], data, "efficientnet-lite0") == settings[:1]
+    with pytest.raises(ValueError, match="scored by"):
+        reuse_baselines(path, ["im"], data, "efficientnet-lite2")

@@ -48,12 +48,15 @@ def classical_settings(curves: dict[str, list[dict]]) -> list[dict]:
     return pts if len({a["curve"] for a in pts}) > 1 else []
 
 
-def reuse_baselines(path, images: list, data) -> list[dict]:
+def reuse_baselines(path, images: list, data, classifier: str | None = None) -> list[dict]:
     """The classical codecs' aggregated settings of an earlier eval JSON on the same images (so a
-    SLIM model can be re-evaluated without re-running 70+ baseline settings)."""
+    SLIM model can be re-evaluated without re-running 70+ baseline settings), scored by the same
+    classifier (`classifier`: its name, as the JSON records it; None: not checked)."""
     res = json.loads(Path(path).read_text())
     if res.get("n_images") != len(images) or res.get("split") != Path(data).resolve().name:
         raise ValueError(f"{path} was run on {res.get('n_images')} images of {res.get('split')!r}, "
                          f"not on these {len(images)} of {Path(data).resolve().name!r}")
+    if classifier is not None and str(res.get("classifier", "")).lower() != classifier.lower():
+        raise ValueError(f"{path} was scored by {res.get('classifier')}, not by {classifier}")
     return [a for a in res["settings"] if a["codec"] != "slim"]
 

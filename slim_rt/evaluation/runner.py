@@ -190,7 +190,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     # baselines through Pillow (or their settings reused from an earlier run on the same images)
     reused: list[dict] = []
     if baselines_from:
-        reused = reuse_baselines(baselines_from, images, data)
+        reused = reuse_baselines(baselines_from, images, data, machine if own_classifier else None)
         log(f"reusing {len(reused)} baseline settings from {baselines_from}")
     for codec in (c for c in codecs if c != "slim" and not baselines_from):
         for s in baseline_scales:
