@@ -34,12 +34,16 @@ class RefineConfig:
     lr: float = 0.02            # on y, in quantisation steps (the symbols are round(y - mean))
     rate_weight: float = 30.0   # KL nats per bpp
     cap_weight: float = 3000.0  # per bpp above the unrefined file's
+    chunk_pixels: int = 512 * 512      # images refined together (autograd keeps the decoder's activations:
+    max_pixels: int = 1024 * 1024      # ~2 KB a pixel in float32); larger images are refused
 
     def __post_init__(self):
         if not (isinstance(self.steps, int) and 0 <= self.steps <= 1000):
             raise ValueError(f"refine steps must be an integer in [0, 1000], got {self.steps!r}")
         if not (self.lr > 0 and self.rate_weight >= 0 and self.cap_weight >= 0):
             raise ValueError("refine needs lr > 0 and rate_weight, cap_weight >= 0")
+        if not (1 <= self.chunk_pixels and 1 <= self.max_pixels):
+            raise ValueError("refine needs chunk_pixels, max_pixels >= 1")
 
 
 class MachineRefiner:
@@ -57,11 +61,22 @@ class MachineRefiner:
         self.preprocess = preprocess or lite0_preprocess
 
     def __call__(self, model, rate: int, images: Tensor, y: Tensor, z: Tensor, coded_hw: tuple[int, int]) -> Tensor:
+        """images [B,3,H,W] in [0,1], y [B,M,h,w], z: the analysis of the coded images -> refined y."""
         cfg = self.config
         if cfg.steps == 0:
             return y
         if model.base.vae is None:
             raise ValueError("refinement needs the model's torch autoencoder (load it with from_pretrained)")
+        px = images.shape[-2] * images.shape[-1]
+        if px > cfg.max_pixels:
+            raise ValueError(f"refinement takes images of at most {cfg.max_pixels} pixels (RefineConfig.max_pixels), "
+                             f"got {images.shape[-1]}x{images.shape[-2]}")
+        n = max(1, cfg.chunk_pixels // px)
+        return torch.cat([self._refine(model, rate, images[i:i + n], y[i:i + n], z[i:i + n], coded_hw)
+                          for i in range(0, len(images), n)])
+
+    def _refine(self, model, rate: int, images: Tensor, y: Tensor, z: Tensor, coded_hw: tuple[int, int]) -> Tensor:
+        cfg = self.config
         comp = model.compressors[rate]
         dev = next(self.classifier.parameters()).device
         images, y, z = images.float().to(dev), y.float().to(dev), z.float().to(dev)

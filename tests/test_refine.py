@@ -113,3 +113,26 @@ def test_machines():
     clf = load_machine("efficientnet-lite2")
     assert clf.input_size == 260
     assert clf.logits(torch.rand(2, 3, 300, 280)).shape == (2, 1000)
+
+
+def test_refine_chunks_and_limits(tiny_dir, machine):
+    """A batch is refined in chunks of images (the same result as one by one); an image over
+    max_pixels is one clear error."""
+    plain = slim_rt.Encoder.from_pretrained(str(tiny_dir), captioner=FixedCaptioner(""), steps=0)
+    cfg = dict(steps=3, lr=0.1)
+    one = slim_rt.Encoder(plain.pipeline, steps=0, captioner=FixedCaptioner(""),
+                          refine=MachineRefiner(machine, RefineConfig(**cfg, chunk_pixels=64 * 64), preprocess=_prep))
+    big = slim_rt.Encoder(plain.pipeline, steps=0, captioner=FixedCaptioner(""),
+                          refine=MachineRefiner(machine, RefineConfig(**cfg, chunk_pixels=10 ** 6), preprocess=_prep))
+    imgs = torch.stack([rand_image(64, 64) for _ in range(3)])
+    model, comp = plain.pipeline.model, plain.pipeline.model.compressors[1]
+    with torch.inference_mode():
+        y = comp.g_a(model.base.encode_latent(imgs * 2 - 1))
+        z = comp.h_a(y)
+    a, b = one.refiner(model, 1, imgs, y, z, (64, 64)), big.refiner(model, 1, imgs, y, z, (64, 64))
+    assert a.shape == y.shape and torch.allclose(a, b, atol=1e-4) and not torch.equal(a, y)
+    assert len(one.encode_batch(list(imgs), rate=1)) == 3
+    small = slim_rt.Encoder(plain.pipeline, steps=0, captioner=FixedCaptioner(""),
+                            refine=MachineRefiner(machine, RefineConfig(**cfg, max_pixels=64 * 64), preprocess=_prep))
+    with pytest.raises(ValueError, match="at most 4096 pixels"):
+        small.encode(rand_image(64, 80), rate=1)
