@@ -80,8 +80,9 @@ class MachineRefiner:
         comp = model.compressors[rate]
         dev = next(self.classifier.parameters()).device
         images, y, z = images.float().to(dev), y.float().to(dev), z.float().to(dev)
-        B, _, H, W = images.shape
+        H, W = images.shape[-2:]
         hc, wc = coded_hw
+        vae_dtype = next(model.base.vae.parameters()).dtype
         with torch.inference_mode(False), torch.enable_grad():  # a pipeline call runs in inference mode
             images, y, z = images.clone(), y.clone(), z.clone()    # normal tensors, usable by autograd
             with torch.no_grad():
@@ -96,7 +97,8 @@ class MachineRefiner:
                 r = y - means
                 y_hat = r + (torch.round(r) - r).detach() + means        # what the decoder will see (STE)
                 bits = -torch.log2(comp.gaussian.likelihood(y_hat, scales, means)).flatten(1).sum(1)
-                img = (model.base.decode_latent(comp.g_s(y_hat)).float()[..., :hc, :wc] + 1) / 2
+                lat = comp.g_s(y_hat).to(vae_dtype)                       # fp16/bf16 autoencoders too
+                img = (model.base.decode_latent(lat).float()[..., :hc, :wc] + 1) / 2
                 if (hc, wc) != (H, W):
                     img = from_coded(img, (H, W))
                 logp = F.log_softmax(self.classifier(self.preprocess(img.clamp(0, 1))).float(), -1)
