@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "optional weight packages): a machine the codec never trained on")
     p.add_argument("--refine", type=int, default=0, metavar="N",
                    help="SLIM encodes refined for EfficientNet-Lite0 in N steps (slim_rt.refine; default 0: off)")
+    p.add_argument("--refine-rate-weight", type=float, default=None, metavar="W",
+                   help="with --refine: KL nats per bpp (default: slim_rt.refine.RefineConfig's); higher = fewer bits")
     p.add_argument("--rates", nargs="+", help="SLIM rate points to run (default: all)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared CPU)")
     p.add_argument("--guidance", type=float, default=1.0,

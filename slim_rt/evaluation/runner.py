@@ -45,7 +45,7 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
              batch: int = 16, tag: str | None = None, bd_method: str = "pchip", write: bool = True,
              threads: int | None = None, guidance: float = 1.0, baselines_from=None, decoder_export=None,
              encoder_export=None, machine: str = "efficientnet-lite0", refine: int = 0, rates=None,
-             log=_log) -> dict:
+             refine_rate_weight: float | None = None, log=_log) -> dict:
     """Evaluate; returns the aggregated results dict (also written as JSON when write=True).
 
     classifier: a `slim_rt.classifier.Classifier` (logits of [B,3,H,W] in [0,1], own preprocessing);
@@ -61,7 +61,8 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
     stages as exported, e.g. an int8 vae_decoder or vae_encoder) instead of the torch model.
     machine: the scoring classifier by name (slim_rt.classifier.load_machine) when `classifier` is None.
     refine: SLIM encodes refined in this many steps for EfficientNet-Lite0 (slim_rt.refine), whatever
-    machine scores; rates: the SLIM rate points to run (default all).
+    machine scores (refine_rate_weight: its RefineConfig.rate_weight, None = default); rates: the SLIM
+    rate points to run (default all).
     BD-rates are also reported against the classical envelope (every classical point pooled)."""
     prev_threads = torch.get_num_threads()
     if threads:
@@ -69,14 +70,14 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
     try:
         return _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
                          qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from,
-                         decoder_export, encoder_export, machine, refine, rates, log)
+                         decoder_export, encoder_export, machine, refine, rates, refine_rate_weight, log)
     finally:
         torch.set_num_threads(prev_threads)
 
 
 def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
               qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from, decoder_export,
-              encoder_export, machine, refine, rates, log) -> dict:
+              encoder_export, machine, refine, rates, refine_rate_weight, log) -> dict:
     t_start = time.perf_counter()
     codecs = [c.strip().lower() for c in (codecs.split(",") if isinstance(codecs, str) else codecs) if c.strip()]
     bad = [c for c in codecs if c not in CODECS]
@@ -142,7 +143,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
                                                steps=0)
         else:
             enc = slim_rt.Encoder.from_pretrained(model, rate=0, device=device, captioner=FixedCaptioner(""), steps=0,
-                                                  refine=refine or None)
+                                                  refine=_refine_config(refine, refine_rate_weight))
         if decoder_export:
             dec = slim_rt.Decoder.from_engines(decoder_export, "ort")
         elif encoder_export:
@@ -183,6 +184,8 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
                     unet_ms += [dec.timings.get("unet", 0.0) / len(out)] * len(out)
                     recs += [quantize(x) for x in out]
                 curve = f"slim-k{k}" + (f"-g{gk:g}" if gk != 1.0 else "") + (f"-refine{refine}" if refine else "")
+                if refine and refine_rate_weight is not None:
+                    curve += f"-w{refine_rate_weight:g}"
                 add("slim", curve, f"r{r}-k{k}", kdatas, recs, enc_ms, dec_ms, rate=r, k=k, caps=kcaps,
                     unet_ms=unet_ms)
         del enc, dec
@@ -232,7 +235,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         name += f"-first{limit}"
     tag = tag if tag is not None else (None if caption_mode == "auto" else f"cap-{caption_mode}")
     if refine and "slim" in codecs:
-        name += f"-refine{refine}"
+        name += f"-refine{refine}" + (f"-w{refine_rate_weight:g}" if refine_rate_weight is not None else "")
     if own_classifier and machine != "efficientnet-lite0":
         name += "-" + machine.replace("efficientnet-", "")
     if tag:
@@ -242,7 +245,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         "model": model_name, "model_path": str(model) if model_name else None, "caption_mode": caption_mode,
         "steps": ks if "slim" in codecs else None, "guidance": guidance, "device": str(device), "size": SIZE,
         "classifier": machine if own_classifier else type(classifier).__name__,
-        "refine": refine, "rates": run_rates if "slim" in codecs else None,
+        "refine": refine, "refine_rate_weight": refine_rate_weight, "rates": run_rates if "slim" in codecs else None,
         "protocol": "resize short side 256 (bicubic, antialiased), center crop 256x256, 8-bit RGB -> codec; "
                     "classifier: its own preprocessing on the decoded 256x256 image",
         "reference": reference, "settings": settings, "bd_rate_method": bd_method,
@@ -258,6 +261,13 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         log("wrote " + ", ".join(str(p) for p in paths.values()))
     log(f"done in {time.perf_counter() - t_start:.1f} s")
     return result
+
+
+def _refine_config(steps: int, rate_weight: float | None):
+    if not steps:
+        return None
+    from slim_rt.refine import RefineConfig
+    return RefineConfig(steps=steps) if rate_weight is None else RefineConfig(steps=steps, rate_weight=rate_weight)
 
 
 def _export_summary(root) -> dict:
@@ -285,7 +295,7 @@ def run_from_args(args) -> int:
                    decoder_export=getattr(args, "decoder_export", None),
                    encoder_export=getattr(args, "encoder_export", None),
                    machine=getattr(args, "machine", "efficientnet-lite0"), refine=getattr(args, "refine", 0),
-                   rates=getattr(args, "rates", None))
+                   rates=getattr(args, "rates", None), refine_rate_weight=getattr(args, "refine_rate_weight", None))
     print(markdown(res))
     return 0
 
