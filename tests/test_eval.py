@@ -232,3 +232,17 @@ def test_reused_baselines_must_be_scored_by_the_same_machine(tmp_path):
     assert reuse_baselines(path, ["im"], data, "efficientnet-lite0") == settings[:1]
     with pytest.raises(ValueError, match="scored by"):
         reuse_baselines(path, ["im"], data, "efficientnet-lite2")
+
+
+def test_eval_refined_rates_and_machine_names(ev, data_dir, tiny_dir, tmp_path):
+    """--rates runs only those points; --refine N encodes with slim_rt.refine (curve and file names say so)."""
+    res = ev.run_eval(data_dir, model=str(tiny_dir), out_dir=tmp_path, codecs="slim", steps=[0], rates=[1],
+                      refine=2, refine_rate_weight=50.0, batch=4, threads=1, log=lambda m: None)
+    assert res["rates"] == [1] and res["refine"] == 2 and res["classifier"] == "efficientnet-lite0"
+    assert {s["setting"] for s in res["settings"]} == {"r1-k0"}
+    assert {s["curve"] for s in res["settings"]} == {"slim-k0-refine2-w50"}
+    assert Path(res["files"]["json"]).name == "eval-tiny-random-evaldata0-refine2-w50.json"
+    with pytest.raises(ValueError, match="rate must be"):
+        ev.run_eval(data_dir, model=str(tiny_dir), codecs="slim", rates=[7], write=False, log=lambda m: None)
+    with pytest.raises(ValueError, match="unknown machine"):
+        ev.run_eval(data_dir, model=str(tiny_dir), codecs="slim", machine="resnet", write=False, log=lambda m: None)
