@@ -16,11 +16,8 @@ from collections import defaultdict
 
 
 def _rows(path: str) -> dict[tuple[str, int], dict]:
-    out = {}
-    for r in csv.DictReader(open(path)):
-        if r["codec"] == "slim" and r["steps"] == "0":
-            out[(r["file"], int(r["rate"]))] = r
-    return out
+    with open(path, newline="") as f:
+        return {(r["file"], int(r["rate"])): r for r in csv.DictReader(f) if r["codec"] == "slim" and r["steps"] == "0"}
 
 
 def _mean_se(xs: list[float]) -> tuple[float, float]:
