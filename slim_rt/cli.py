@@ -153,7 +153,7 @@ def cmd_compress(args) -> int:
         return 0
     enc = slim_rt.Encoder.from_pretrained(_model(args), rate=args.rate, device=args.device,
                                           backend=args.backend, steps=args.steps, max_pixels=args.max_pixels,
-                                          refine=args.refine)
+                                          refine=_refine(args))
     failed = 0
     for src, dst in _progress(pairs, len(pairs) > 1):
         try:
@@ -244,7 +244,7 @@ def cmd_demo(args) -> int:
     model = _model(args)
     t = time.perf_counter()
     enc = slim_rt.Encoder.from_pretrained(model, rate=0, device=args.device, backend=args.backend,
-                                          steps=args.steps, max_pixels=args.max_pixels, refine=args.refine)
+                                          steps=args.steps, max_pixels=args.max_pixels, refine=_refine(args))
     args.rate = enc.model.num_rates - 1 if args.rate is None else args.rate  # demo: best quality by default
     enc.pipeline.check_rate(args.rate)
     enc.rate = args.rate
@@ -434,6 +434,20 @@ def _common(p: argparse.ArgumentParser, enc: bool) -> None:
         p.add_argument("--refine", type=int, default=0, metavar="N",
                        help="optimise each image's code for the machine (EfficientNet-Lite0) in N steps at "
                             "encode time: slower encodes, the same decoder (default 0: off; e.g. 20)")
+        p.add_argument("--refine-target-bpp", type=float, default=None, metavar="B",
+                       help="with --refine: aim each file at no more than B bits per pixel (whole file)")
+        p.add_argument("--refine-z", action="store_true",
+                       help="with --refine: also search the hyper-latent (fewer side bits)")
+
+
+def _refine(args):
+    """--refine N [--refine-target-bpp B] [--refine-z] -> the Encoder's refine argument."""
+    if not args.refine:
+        if args.refine_target_bpp is not None or args.refine_z:
+            raise ValueError("--refine-target-bpp and --refine-z need --refine N")
+        return None
+    from slim_rt.refine import RefineConfig
+    return RefineConfig(steps=args.refine, target_bpp=args.refine_target_bpp, refine_z=args.refine_z)
 
 
 def build_parser() -> argparse.ArgumentParser:

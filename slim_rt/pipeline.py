@@ -161,7 +161,7 @@ class Pipeline:
     @torch.inference_mode()
     def encode(self, images: Tensor, captions: list[str], rate: int, steps: int, refiner=None) -> list[bytes]:
         """images [B,3,H,W] in [0,1] (one size) -> one .slim bytes object per image. refiner: None, or
-        `refiner(model, rate, images, y, z, coded_hw) -> y`, e.g. slim_rt.refine.MachineRefiner."""
+        `refiner(model, rate, images, y, z, coded_hw) -> (y, z)`, e.g. slim_rt.refine.MachineRefiner."""
         self.check_rate(rate)
         self.check_steps(steps)
         with self.call_timer():
@@ -186,7 +186,8 @@ class Pipeline:
             raise ValueError("the analysis produced non-finite values (try dtype=float32)")
         if refiner is not None:
             with self._timed("refine"):
-                y = refiner(self.model, rate, images, y, z, coded_hw).to(y.device, y.dtype)
+                y2, z2 = refiner(self.model, rate, images, y, z, coded_hw)
+                y, z = y2.to(y.device, y.dtype), z2.to(z.device, z.dtype)
         comp = self.model.compressors[rate]
         with self._timed("entropy_encode"):
             out = comp.compress_with(

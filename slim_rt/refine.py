@@ -2,15 +2,20 @@
 
 The encoder holds the original image, so it can ask the machine what it sees in it and pick, among
 latents the decoder will decode, one whose decoded image the machine reads the same way. Starting
-from y0 = g_a(latent), with z (hence the means and the CDF indexes) fixed, `steps` Adam steps minimise
+from y0 = g_a(latent) (and z0 = h_a(y0)), `steps` Adam steps minimise
 
-    KL(clf(original) || clf(decoded)) + rate_weight * bpp + cap_weight * relu(bpp - bpp0)
+    KL(clf(original) || clf(decoded)) + rate_weight * bpp + cap_weight * relu(bpp - cap)
 
 through the straight-through rounding of y (the symbols the coder writes), the frozen latent
 synthesis g_s, the frozen autoencoder's decoder and the resize back to the image's size; bpp is the
-rate of those symbols under the Gaussian conditional (z's bits do not change). The hinge keeps each
-image at or below the bits of its unrefined file. Nothing about the format or the decoder changes:
-a refined file is an ordinary file of the same model, decoded by any decoder and backend.
+rate of y's symbols under the Gaussian conditional plus z's under the factorized prior. By default z
+(hence the means and the CDF indexes) stays fixed; `refine_z` searches it too, through the hyper-
+synthesis (the means and the fake-quantised scale network: the file's indexes are then computed
+exactly from the chosen z, as the decoder computes them). cap is the unrefined file's bpp, or, with
+`target_bpp`, the lower of that and the target (whole-file bpp: an estimate of the header's bytes,
+with no caption, is counted in; a rate control for the encoder, not a guarantee). Nothing about the
+format or the decoder changes: a refined file is an ordinary file of the same model, decoded by any
+decoder and backend.
 
 What it costs and what it buys: `steps` forward and backward passes of the decoder and the classifier
 per image at encode time (decode time is unchanged), and machine accuracy for the classifier it was
@@ -30,10 +35,12 @@ from slim_rt.images import from_coded
 
 @dataclass(frozen=True)
 class RefineConfig:
-    steps: int = 20             # Adam steps per batch (0: off)
+    steps: int = 20             # Adam steps per batch (0: off); the iterate of least loss is kept
     lr: float = 0.02            # on y, in quantisation steps (the symbols are round(y - mean))
     rate_weight: float = 30.0   # KL nats per bpp
-    cap_weight: float = 3000.0  # per bpp above the unrefined file's
+    cap_weight: float = 3000.0  # per bpp above the cap (the unrefined file's bpp, or target_bpp if lower)
+    target_bpp: float | None = None    # whole-file bpp to stay under (None: the unrefined file's)
+    refine_z: bool = False      # also search the hyper-latent z (fewer side bits; indexes follow)
     chunk_pixels: int = 512 * 512      # images refined together (autograd keeps the decoder's activations:
     max_pixels: int = 1024 * 1024      # ~2 KB a pixel in float32); larger images are refused
 
@@ -42,12 +49,29 @@ class RefineConfig:
             raise ValueError(f"refine steps must be an integer in [0, 1000], got {self.steps!r}")
         if not (self.lr > 0 and self.rate_weight >= 0 and self.cap_weight >= 0):
             raise ValueError("refine needs lr > 0 and rate_weight, cap_weight >= 0")
+        if self.target_bpp is not None and not self.target_bpp > 0:
+            raise ValueError(f"refine target_bpp must be > 0, got {self.target_bpp!r}")
         if not (1 <= self.chunk_pixels and 1 <= self.max_pixels):
             raise ValueError("refine needs chunk_pixels, max_pixels >= 1")
 
 
+# bytes of a file besides the information content of its two streams, with no caption: the header (15
+# fixed, 3-4 varint, 4 CRC) and ~5 bytes a stream that the ANS coder adds (its final state, 32-bit words)
+OVERHEAD_BYTES = 23 + 2 * 5
+
+
+def _z_bits(eb, z_hat: Tensor) -> Tensor:
+    """-log2 likelihood of z_hat [B,C,h,w] under the factorized prior (CompressAI's density) -> [B]."""
+    B, C = z_hat.shape[:2]
+    v = z_hat.permute(1, 0, 2, 3).reshape(C, 1, -1)
+    lik = eb._likelihood(v)[0]
+    if eb.use_likelihood_bound:
+        lik = eb.likelihood_lower_bound(lik)
+    return -torch.log2(lik).reshape(C, B, -1).sum((0, 2))
+
+
 class MachineRefiner:
-    """`refiner(model, rate, images, y, z, coded_hw) -> y` for `Pipeline.encode(refiner=...)`.
+    """`refiner(model, rate, images, y, z, coded_hw) -> (y, z)` for `Pipeline.encode(refiner=...)`.
 
     classifier: a module taking preprocessed images (e.g. `slim_rt.classifier.load_efficientnet_lite0()`),
     preprocess: [B,3,H,W] in [0,1] -> its input (default: EfficientNet-Lite0's, `slim_rt.classifier.preprocess`).
@@ -61,10 +85,10 @@ class MachineRefiner:
         self.preprocess = preprocess or lite0_preprocess
 
     def __call__(self, model, rate: int, images: Tensor, y: Tensor, z: Tensor, coded_hw: tuple[int, int]) -> Tensor:
-        """images [B,3,H,W] in [0,1], y [B,M,h,w], z: the analysis of the coded images -> refined y."""
+        """images [B,3,H,W] in [0,1], y [B,M,h,w], z: the analysis of the coded images -> refined (y, z)."""
         cfg = self.config
         if cfg.steps == 0:
-            return y
+            return y, z
         if model.base.vae is None:
             raise ValueError("refinement needs the model's torch autoencoder (load it with from_pretrained)")
         px = images.shape[-2] * images.shape[-1]
@@ -72,10 +96,11 @@ class MachineRefiner:
             raise ValueError(f"refinement takes images of at most {cfg.max_pixels} pixels (RefineConfig.max_pixels), "
                              f"got {images.shape[-1]}x{images.shape[-2]}")
         n = max(1, cfg.chunk_pixels // px)
-        return torch.cat([self._refine(model, rate, images[i:i + n], y[i:i + n], z[i:i + n], coded_hw)
-                          for i in range(0, len(images), n)])
+        out = [self._refine(model, rate, images[i:i + n], y[i:i + n], z[i:i + n], coded_hw)
+               for i in range(0, len(images), n)]
+        return torch.cat([a for a, _ in out]), torch.cat([b for _, b in out])
 
-    def _refine(self, model, rate: int, images: Tensor, y: Tensor, z: Tensor, coded_hw: tuple[int, int]) -> Tensor:
+    def _refine(self, model, rate: int, images: Tensor, y: Tensor, z: Tensor, coded_hw: tuple[int, int]):
         cfg = self.config
         comp = model.compressors[rate]
         dev = next(self.classifier.parameters()).device
@@ -83,20 +108,31 @@ class MachineRefiner:
         H, W = images.shape[-2:]
         hc, wc = coded_hw
         vae_dtype = next(model.base.vae.parameters()).dtype
+        med = comp.entropy_bottleneck.medians().to(dev)
         with torch.inference_mode(False), torch.enable_grad():  # a pipeline call runs in inference mode
             images, y, z = images.clone(), y.clone(), z.clone()    # normal tensors, usable by autograd
             with torch.no_grad():
                 target = F.log_softmax(self.classifier(self.preprocess(images)).float(), -1)  # [B, 1000]
                 z_sym, z_hat = comp.entropy_bottleneck.quantize_symbols(z)
-                means = comp.h_s_mean(z_hat)                                                   # [B, M, h, w]
-                idx = comp.h_s_scale.indexes(z_sym, comp.int_params())
-                scales = comp.gaussian.scales_from_index(idx.float())   # exactly the table's scales
+                fixed = (comp.h_s_mean(z_hat),                                                 # [B, M, h, w]
+                         comp.gaussian.scales_from_index(comp.h_s_scale.indexes(z_sym, comp.int_params()).float()),
+                         _z_bits(comp.entropy_bottleneck, z_hat))   # exactly the table's scales; z's bits
 
-            def objective(y: Tensor) -> tuple[Tensor, Tensor]:
-                """-> (KL per image [B], bpp of y's symbols per image [B])"""
+            def side(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                """z -> (means, scales, z bits [B]) as the decoder will derive them (STE rounding)."""
+                if not cfg.refine_z:
+                    return fixed
+                r = z - med
+                sym = r + (torch.round(r) - r).detach()
+                return (comp.h_s_mean(sym + med), comp.gaussian.scales_from_index(comp.h_s_scale(sym)),
+                        _z_bits(comp.entropy_bottleneck, sym + med))
+
+            def objective(y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+                """-> (KL per image [B], bpp of y's and z's symbols per image [B])"""
+                means, scales, z_bits = side(z)
                 r = y - means
                 y_hat = r + (torch.round(r) - r).detach() + means        # what the decoder will see (STE)
-                bits = -torch.log2(comp.gaussian.likelihood(y_hat, scales, means)).flatten(1).sum(1)
+                bits = -torch.log2(comp.gaussian.likelihood(y_hat, scales, means)).flatten(1).sum(1) + z_bits
                 lat = comp.g_s(y_hat).to(vae_dtype)                       # fp16/bf16 autoencoders too
                 img = (model.base.decode_latent(lat).float()[..., :hc, :wc] + 1) / 2
                 if (hc, wc) != (H, W):
@@ -106,12 +142,27 @@ class MachineRefiner:
                 return kl, bits / (H * W)
 
             with torch.no_grad():
-                _, bpp0 = objective(y)
+                _, cap = objective(y, z)
+            if cfg.target_bpp is not None:
+                cap = cap.clamp(max=cfg.target_bpp - 8 * OVERHEAD_BYTES / (H * W))
             y = y.detach().clone().requires_grad_(True)
-            opt = torch.optim.Adam([y], lr=cfg.lr)
-            for _ in range(cfg.steps):
-                kl, bpp = objective(y)
-                loss = (kl + cfg.rate_weight * bpp + cfg.cap_weight * F.relu(bpp - bpp0)).sum()
-                y.grad = torch.autograd.grad(loss, y)[0]   # no gradients for the frozen networks
-                opt.step()
-        return y.detach()
+            z = z.detach().clone().requires_grad_(cfg.refine_z)
+            params = [y, z] if cfg.refine_z else [y]
+            opt = torch.optim.Adam(params, lr=cfg.lr)
+            best = None                                    # per image: the iterate of least loss seen
+            for step in range(cfg.steps + 1):
+                with torch.set_grad_enabled(step < cfg.steps):
+                    kl, bpp = objective(y, z)
+                    loss = kl + cfg.rate_weight * bpp + cfg.cap_weight * F.relu(bpp - cap)    # [B]
+                with torch.no_grad():
+                    if best is None:
+                        best = [loss.detach().clone(), y.detach().clone(), z.detach().clone()]
+                    else:
+                        k = loss < best[0]
+                        best[0] = torch.where(k, loss.detach(), best[0])
+                        best[1][k], best[2][k] = y.detach()[k], z.detach()[k]
+                if step < cfg.steps:
+                    for p, g in zip(params, torch.autograd.grad(loss.sum(), params)):  # not the frozen networks'
+                        p.grad = g
+                    opt.step()
+        return best[1], best[2]

@@ -236,12 +236,15 @@ def test_reused_baselines_must_be_scored_by_the_same_machine(tmp_path):
 
 def test_eval_refined_rates_and_machine_names(ev, data_dir, tiny_dir, tmp_path):
     """--rates runs only those points; --refine N encodes with slim_rt.refine (curve and file names say so)."""
+    from slim_rt.refine import RefineConfig
     res = ev.run_eval(data_dir, model=str(tiny_dir), out_dir=tmp_path, codecs="slim", steps=[0], rates=[1],
-                      refine=2, refine_rate_weight=50.0, batch=4, threads=1, log=lambda m: None)
+                      refine=RefineConfig(steps=2, rate_weight=50.0, refine_z=True), batch=4, threads=1,
+                      log=lambda m: None)
     assert res["rates"] == [1] and res["refine"] == 2 and res["classifier"] == "efficientnet-lite0"
+    assert res["refine_config"]["refine_z"] and res["refine_config"]["rate_weight"] == 50.0
     assert {s["setting"] for s in res["settings"]} == {"r1-k0"}
-    assert {s["curve"] for s in res["settings"]} == {"slim-k0-refine2-w50"}
-    assert Path(res["files"]["json"]).name == "eval-tiny-random-evaldata0-refine2-w50.json"
+    assert {s["curve"] for s in res["settings"]} == {"slim-k0-refine2-w50-z"}
+    assert Path(res["files"]["json"]).name == "eval-tiny-random-evaldata0-refine2-w50-z.json"
     with pytest.raises(ValueError, match="rate must be"):
         ev.run_eval(data_dir, model=str(tiny_dir), codecs="slim", rates=[7], write=False, log=lambda m: None)
     with pytest.raises(ValueError, match="unknown machine"):

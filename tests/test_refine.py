@@ -74,7 +74,8 @@ def test_refine_off_is_the_plain_encoder(tiny_dir, machine):
     assert slim_rt.Encoder(plain.pipeline, refine=0).refiner is None
 
 
-@pytest.mark.parametrize("bad", [dict(steps=-1), dict(steps=2.5), dict(lr=0), dict(rate_weight=-1)])
+@pytest.mark.parametrize("bad", [dict(steps=-1), dict(steps=2.5), dict(lr=0), dict(rate_weight=-1),
+                                 dict(target_bpp=0), dict(target_bpp=-0.1)])
 def test_bad_refine_configs_are_refused(bad):
     with pytest.raises(ValueError):
         RefineConfig(**bad)
@@ -96,13 +97,17 @@ def test_cli_compress_refine(tiny_dir, tmp_path, capsys):
     src = tmp_path / "im.png"
     Image.fromarray((np.random.default_rng(0).random((72, 96, 3)) * 255).astype(np.uint8)).save(src)
     m = ["--model", str(tiny_dir)]
-    assert main(["compress", str(src), "-o", str(tmp_path / "a.slim"), "--refine", "2", "--rate", "1", *m]) == 0
+    assert main(["compress", str(src), "-o", str(tmp_path / "a.slim"), "--refine", "2", "--rate", "1",
+                 "--refine-z", "--refine-target-bpp", "0.5", *m]) == 0
     assert main(["decompress", str(tmp_path / "a.slim"), "-o", str(tmp_path / "a.png"), *m]) == 0
     assert Image.open(tmp_path / "a.png").size == (96, 72)
     capsys.readouterr()
     assert main(["compress", str(src), "-o", str(tmp_path / "b.slim"), "--refine", "-3", *m]) == 2
     err = capsys.readouterr().err.strip()
     assert "refine steps" in err and len(err.splitlines()) == 1
+    assert main(["compress", str(src), "-o", str(tmp_path / "c.slim"), "--refine-z", *m]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "need --refine N" in err and len(err.splitlines()) == 1
 
 
 def test_machines():
@@ -129,10 +134,36 @@ def test_refine_chunks_and_limits(tiny_dir, machine):
     with torch.inference_mode():
         y = comp.g_a(model.base.encode_latent(imgs * 2 - 1))
         z = comp.h_a(y)
-    a, b = one.refiner(model, 1, imgs, y, z, (64, 64)), big.refiner(model, 1, imgs, y, z, (64, 64))
+    (a, za), (b, zb) = one.refiner(model, 1, imgs, y, z, (64, 64)), big.refiner(model, 1, imgs, y, z, (64, 64))
     assert a.shape == y.shape and torch.allclose(a, b, atol=1e-4) and not torch.equal(a, y)
+    assert torch.equal(za, z) and torch.equal(zb, z)   # z is searched only with refine_z
     assert len(one.encode_batch(list(imgs), rate=1)) == 3
     small = slim_rt.Encoder(plain.pipeline, steps=0, captioner=FixedCaptioner(""),
                             refine=MachineRefiner(machine, RefineConfig(**cfg, max_pixels=64 * 64), preprocess=_prep))
     with pytest.raises(ValueError, match="at most 4096 pixels"):
         small.encode(rand_image(64, 80), rate=1)
+
+
+def test_refine_z_and_target_bpp(tiny_dir, machine):
+    """target_bpp pulls a file under its plainly refined size; refine_z searches the hyper-latent too (for
+    the rate: the straight-through rounding of y passes no gradient to the means), so z's string
+    changes and the indexes are derived from it exactly: the file decodes anywhere."""
+    from slim_rt import bitstream as bsf
+    torch.manual_seed(0)
+    plain = slim_rt.Encoder.from_pretrained(str(tiny_dir), captioner=FixedCaptioner(""), steps=0)
+    other = slim_rt.Decoder.from_pretrained(str(tiny_dir))
+
+    def enc(**kw):
+        return slim_rt.Encoder(plain.pipeline, captioner=FixedCaptioner(""), steps=0,
+                               refine=MachineRefiner(machine, RefineConfig(steps=25, lr=0.1, **kw), preprocess=_prep))
+    hw = (160, 224)          # big enough for y's stream to matter next to the header and z's
+    img = rand_image(*hw)
+    a = plain.encode(img, rate=1)
+    target = 8 * (len(a) - len(bsf.parse(a).y) / 2) / (hw[0] * hw[1])
+    b, c = enc().encode(img, rate=1), enc(target_bpp=target).encode(img, rate=1)
+    d = enc(target_bpp=target, refine_z=True).encode(img, rate=1)
+    assert len(c) < len(b) <= len(a), (len(a), len(b), len(c))
+    assert bsf.parse(c).z == bsf.parse(a).z and bsf.parse(d).z != bsf.parse(a).z
+    assert len(d) <= len(c)   # (streams come in 4-byte words)
+    for data in (c, d):
+        assert torch.isfinite(other.decode(data, output="tensor")).all()

@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="SLIM encodes refined for EfficientNet-Lite0 in N steps (slim_rt.refine; default 0: off)")
     p.add_argument("--refine-rate-weight", type=float, default=None, metavar="W",
                    help="with --refine: KL nats per bpp (default: slim_rt.refine.RefineConfig's); higher = fewer bits")
+    p.add_argument("--refine-target-bpp", type=float, default=None, metavar="B",
+                   help="with --refine: keep each file under B bpp (whole file; default: its unrefined size)")
+    p.add_argument("--refine-z", action="store_true", help="with --refine: also search the hyper-latent z")
     p.add_argument("--rates", nargs="+", help="SLIM rate points to run (default: all)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared CPU)")
     p.add_argument("--guidance", type=float, default=1.0,

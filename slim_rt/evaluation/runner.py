@@ -15,6 +15,7 @@ Writes OUT_DIR/eval-<model>-<split>[-<tag>].csv (per image), .json (per setting 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -44,8 +45,8 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
              classifier=None, captioner=None, qualities: dict | None = None, baseline_scales=(1.0,),
              batch: int = 16, tag: str | None = None, bd_method: str = "pchip", write: bool = True,
              threads: int | None = None, guidance: float = 1.0, baselines_from=None, decoder_export=None,
-             encoder_export=None, machine: str = "efficientnet-lite0", refine: int = 0, rates=None,
-             refine_rate_weight: float | None = None, log=_log) -> dict:
+             encoder_export=None, machine: str = "efficientnet-lite0", refine=0, rates=None,
+             log=_log) -> dict:
     """Evaluate; returns the aggregated results dict (also written as JSON when write=True).
 
     classifier: a `slim_rt.classifier.Classifier` (logits of [B,3,H,W] in [0,1], own preprocessing);
@@ -60,9 +61,8 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
     decoder_export / encoder_export: decode / encode with ONNX Runtime on this exported directory (its
     stages as exported, e.g. an int8 vae_decoder or vae_encoder) instead of the torch model.
     machine: the scoring classifier by name (slim_rt.classifier.load_machine) when `classifier` is None.
-    refine: SLIM encodes refined in this many steps for EfficientNet-Lite0 (slim_rt.refine), whatever
-    machine scores (refine_rate_weight: its RefineConfig.rate_weight, None = default); rates: the SLIM
-    rate points to run (default all).
+    refine: SLIM encodes refined for EfficientNet-Lite0 (slim_rt.refine), whatever machine scores: a
+    number of steps or a RefineConfig (0 / None: off); rates: the SLIM rate points to run (default all).
     BD-rates are also reported against the classical envelope (every classical point pooled)."""
     prev_threads = torch.get_num_threads()
     if threads:
@@ -70,14 +70,14 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
     try:
         return _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
                          qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from,
-                         decoder_export, encoder_export, machine, refine, rates, refine_rate_weight, log)
+                         decoder_export, encoder_export, machine, _refine_config(refine), rates, log)
     finally:
         torch.set_num_threads(prev_threads)
 
 
 def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
               qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from, decoder_export,
-              encoder_export, machine, refine, rates, refine_rate_weight, log) -> dict:
+              encoder_export, machine, refine, rates, log) -> dict:
     t_start = time.perf_counter()
     codecs = [c.strip().lower() for c in (codecs.split(",") if isinstance(codecs, str) else codecs) if c.strip()]
     bad = [c for c in codecs if c not in CODECS]
@@ -143,7 +143,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
                                                steps=0)
         else:
             enc = slim_rt.Encoder.from_pretrained(model, rate=0, device=device, captioner=FixedCaptioner(""), steps=0,
-                                                  refine=_refine_config(refine, refine_rate_weight))
+                                                  refine=refine)
         if decoder_export:
             dec = slim_rt.Decoder.from_engines(decoder_export, "ort")
         elif encoder_export:
@@ -183,9 +183,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
                     dec_ms += [(time.perf_counter() - t) * 1e3 / len(out)] * len(out)
                     unet_ms += [dec.timings.get("unet", 0.0) / len(out)] * len(out)
                     recs += [quantize(x) for x in out]
-                curve = f"slim-k{k}" + (f"-g{gk:g}" if gk != 1.0 else "") + (f"-refine{refine}" if refine else "")
-                if refine and refine_rate_weight is not None:
-                    curve += f"-w{refine_rate_weight:g}"
+                curve = f"slim-k{k}" + (f"-g{gk:g}" if gk != 1.0 else "") + refine_suffix(refine)
                 add("slim", curve, f"r{r}-k{k}", kdatas, recs, enc_ms, dec_ms, rate=r, k=k, caps=kcaps,
                     unet_ms=unet_ms)
         del enc, dec
@@ -234,8 +232,8 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     if limit is not None and limit < len(labelled_files(data)):
         name += f"-first{limit}"
     tag = tag if tag is not None else (None if caption_mode == "auto" else f"cap-{caption_mode}")
-    if refine and "slim" in codecs:
-        name += f"-refine{refine}" + (f"-w{refine_rate_weight:g}" if refine_rate_weight is not None else "")
+    if "slim" in codecs:
+        name += refine_suffix(refine)
     if own_classifier and machine != "efficientnet-lite0":
         name += "-" + machine.replace("efficientnet-", "")
     if tag:
@@ -245,7 +243,8 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         "model": model_name, "model_path": str(model) if model_name else None, "caption_mode": caption_mode,
         "steps": ks if "slim" in codecs else None, "guidance": guidance, "device": str(device), "size": SIZE,
         "classifier": machine if own_classifier else type(classifier).__name__,
-        "refine": refine, "refine_rate_weight": refine_rate_weight, "rates": run_rates if "slim" in codecs else None,
+        "refine": refine.steps if refine else 0, "refine_config": dataclasses.asdict(refine) if refine else None,
+        "rates": run_rates if "slim" in codecs else None,
         "protocol": "resize short side 256 (bicubic, antialiased), center crop 256x256, 8-bit RGB -> codec; "
                     "classifier: its own preprocessing on the decoded 256x256 image",
         "reference": reference, "settings": settings, "bd_rate_method": bd_method,
@@ -263,11 +262,34 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     return result
 
 
-def _refine_config(steps: int, rate_weight: float | None):
+def _refine_config(refine):
+    """0 / None / a number of steps / a RefineConfig -> a RefineConfig with steps, or None."""
+    from slim_rt.refine import RefineConfig
+    if isinstance(refine, RefineConfig):
+        return refine if refine.steps else None
+    return RefineConfig(steps=refine) if refine else None
+
+
+def refine_suffix(cfg) -> str:
+    """"-refine20" and what differs from the default RefineConfig: "-w300" (rate_weight), "-t0.03"
+    (target_bpp), "-z" (refine_z); "" when off."""
+    if not cfg:
+        return ""
+    from slim_rt.refine import RefineConfig
+    d = RefineConfig()
+    return (f"-refine{cfg.steps}" + (f"-w{cfg.rate_weight:g}" if cfg.rate_weight != d.rate_weight else "")
+            + (f"-t{cfg.target_bpp:g}" if cfg.target_bpp is not None else "") + ("-z" if cfg.refine_z else ""))
+
+
+def refine_from_args(args):
+    """The eval's --refine N [--refine-rate-weight W] [--refine-target-bpp B] [--refine-z] -> RefineConfig | None."""
+    steps = getattr(args, "refine", 0)
     if not steps:
         return None
     from slim_rt.refine import RefineConfig
-    return RefineConfig(steps=steps) if rate_weight is None else RefineConfig(steps=steps, rate_weight=rate_weight)
+    kw = {"rate_weight": args.refine_rate_weight} if getattr(args, "refine_rate_weight", None) is not None else {}
+    return RefineConfig(steps=steps, target_bpp=getattr(args, "refine_target_bpp", None),
+                        refine_z=getattr(args, "refine_z", False), **kw)
 
 
 def _export_summary(root) -> dict:
@@ -294,8 +316,8 @@ def run_from_args(args) -> int:
                    guidance=getattr(args, "guidance", 1.0), baselines_from=getattr(args, "baselines_from", None),
                    decoder_export=getattr(args, "decoder_export", None),
                    encoder_export=getattr(args, "encoder_export", None),
-                   machine=getattr(args, "machine", "efficientnet-lite0"), refine=getattr(args, "refine", 0),
-                   rates=getattr(args, "rates", None), refine_rate_weight=getattr(args, "refine_rate_weight", None))
+                   machine=getattr(args, "machine", "efficientnet-lite0"), refine=refine_from_args(args),
+                   rates=getattr(args, "rates", None))
     print(markdown(res))
     return 0
 
