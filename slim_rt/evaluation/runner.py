@@ -61,8 +61,8 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
     decoder_export / encoder_export: decode / encode with ONNX Runtime on this exported directory (its
     stages as exported, e.g. an int8 vae_decoder or vae_encoder) instead of the torch model.
     machine: the scoring classifier by name (slim_rt.classifier.load_machine) when `classifier` is None.
-    refine: SLIM encodes refined for EfficientNet-Lite0 (slim_rt.refine), whatever machine scores: a
-    number of steps or a RefineConfig (0 / None: off); rates: the SLIM rate points to run (default all).
+    refine: SLIM encodes refined (slim_rt.refine) for RefineConfig.machines (default EfficientNet-Lite0),
+    whatever machine scores: a number of steps or a RefineConfig (0 / None: off); rates: the SLIM rate points to run (default all).
     BD-rates are also reported against the classical envelope (every classical point pooled)."""
     prev_threads = torch.get_num_threads()
     if threads:
@@ -272,22 +272,28 @@ def _refine_config(refine):
 
 def refine_suffix(cfg) -> str:
     """"-refine20" and what differs from the default RefineConfig: "-w300" (rate_weight), "-t0.03"
-    (target_bpp), "-z" (refine_z); "" when off."""
+    (target_bpp), "-z" (refine_z), "-for-lite0+lite1" (machines); "" when off."""
     if not cfg:
         return ""
     from slim_rt.refine import RefineConfig
     d = RefineConfig()
     return (f"-refine{cfg.steps}" + (f"-w{cfg.rate_weight:g}" if cfg.rate_weight != d.rate_weight else "")
-            + (f"-t{cfg.target_bpp:g}" if cfg.target_bpp is not None else "") + ("-z" if cfg.refine_z else ""))
+            + (f"-t{cfg.target_bpp:g}" if cfg.target_bpp is not None else "") + ("-z" if cfg.refine_z else "")
+            + ("-for-" + "+".join(m.replace("efficientnet-", "") for m in cfg.machines)
+               if cfg.machines != d.machines else ""))
 
 
 def refine_from_args(args):
-    """The eval's --refine N [--refine-rate-weight W] [--refine-target-bpp B] [--refine-z] -> RefineConfig | None."""
+    """The eval's --refine N [--refine-rate-weight W] [--refine-target-bpp B] [--refine-z] [--refine-for M,M]
+    -> RefineConfig | None."""
     steps = getattr(args, "refine", 0)
     if not steps:
         return None
     from slim_rt.refine import RefineConfig
     kw = {"rate_weight": args.refine_rate_weight} if getattr(args, "refine_rate_weight", None) is not None else {}
+    if getattr(args, "refine_for", None):
+        from slim_rt.classifier import machine_names
+        kw["machines"] = machine_names(args.refine_for)
     return RefineConfig(steps=steps, target_bpp=getattr(args, "refine_target_bpp", None),
                         refine_z=getattr(args, "refine_z", False), **kw)
 
