@@ -431,27 +431,13 @@ def _common(p: argparse.ArgumentParser, enc: bool) -> None:
         p.add_argument("--rate", type=int, default=0, help="rate point index, 0 = lowest bitrate")
         p.add_argument("--caption", default=None,
                        help="caption to send (default: automatic when --steps >= 1, none at 0; '' for none)")
-        p.add_argument("--refine", type=int, default=0, metavar="N",
-                       help="optimise each image's code for the machine (EfficientNet-Lite0) in N steps at "
-                            "encode time: slower encodes, the same decoder (default 0: off; e.g. 20)")
-        p.add_argument("--refine-target-bpp", type=float, default=None, metavar="B",
-                       help="with --refine: aim each file at no more than B bits per pixel (whole file)")
-        p.add_argument("--refine-z", action="store_true",
-                       help="with --refine: also search the hyper-latent (fewer side bits)")
-        p.add_argument("--refine-for", metavar="M,M", default=None,
-                       help="with --refine: the machines to refine for, e.g. lite0,lite1 (default lite0)")
+        from slim_rt.refine import add_arguments
+        add_arguments(p)
 
 
 def _refine(args):
-    """--refine N [--refine-target-bpp B] [--refine-z] [--refine-for M,M] -> the Encoder's refine argument."""
-    if not args.refine:
-        if args.refine_target_bpp is not None or args.refine_z or args.refine_for:
-            raise ValueError("--refine-target-bpp, --refine-z and --refine-for need --refine N")
-        return None
-    from slim_rt.classifier import machine_names
-    from slim_rt.refine import RefineConfig
-    kw = {"machines": machine_names(args.refine_for)} if args.refine_for else {}
-    return RefineConfig(steps=args.refine, target_bpp=args.refine_target_bpp, refine_z=args.refine_z, **kw)
+    from slim_rt.refine import from_args
+    return from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from slim_rt.classifier import machine_names
 from slim_rt.images import from_coded
 
 
@@ -44,12 +45,17 @@ class RefineConfig:
     machines: tuple[str, ...] = ("efficientnet-lite0",)  # what `Encoder(refine=...)` refines for (mean KL;
                                                           # names of slim_rt.classifier.load_machine)
     refine_z: bool = False      # also search the hyper-latent z (fewer side bits; indexes follow)
+    jitter: float = 0.0         # > 0: each step the machines see both images through one random crop (side
+                                # 1 - jitter .. 1) and flip: what they read must survive small shifts
+    seed: int = 0               # of the jitter (a refined file is a function of the image and the config)
     chunk_pixels: int = 512 * 512      # images refined together (autograd keeps the decoder's activations:
     max_pixels: int = 1024 * 1024      # ~2 KB a pixel in float32); larger images are refused
 
     def __post_init__(self):
         if not (isinstance(self.steps, int) and 0 <= self.steps <= 1000):
             raise ValueError(f"refine steps must be an integer in [0, 1000], got {self.steps!r}")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValueError(f"refine jitter must be in [0, 1), got {self.jitter!r}")
         if not (self.lr > 0 and self.rate_weight >= 0 and self.cap_weight >= 0):
             raise ValueError("refine needs lr > 0 and rate_weight, cap_weight >= 0")
         if self.target_bpp is not None and not self.target_bpp > 0:
@@ -140,6 +146,18 @@ class MachineRefiner:
                 fixed = (comp.h_s_mean(z_hat),                                                 # [B, M, h, w]
                          comp.gaussian.scales_from_index(comp.h_s_scale.indexes(z_sym, comp.int_params()).float()),
                          _z_bits(comp.entropy_bottleneck, z_hat))   # exactly the table's scales; z's bits
+            gen = torch.Generator().manual_seed(cfg.seed)
+
+            def view(step: int):
+                """The step's view of the images: None (as they are), or with jitter a random crop (and flip)."""
+                if not cfg.jitter or step < 0:
+                    return None
+                r = torch.rand(5, generator=gen).tolist()
+                frac = 1.0 - cfg.jitter * r[0]
+                h, w = max(1, round(H * frac)), max(1, round(W * frac))
+                t, left = round((H - h) * r[1]), round((W - w) * r[2])
+                return lambda x: (x[..., t:t + h, left:left + w].flip(-1) if r[3] < 0.5
+                                  else x[..., t:t + h, left:left + w])
 
             def side(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
                 """z -> (means, scales, z bits [B]) as the decoder will derive them (STE rounding)."""
@@ -150,8 +168,8 @@ class MachineRefiner:
                 return (comp.h_s_mean(sym + med), comp.gaussian.scales_from_index(comp.h_s_scale(sym)),
                         _z_bits(comp.entropy_bottleneck, sym + med))
 
-            def objective(y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-                """-> (KL per image [B], bpp of y's and z's symbols per image [B])"""
+            def objective(y: Tensor, z: Tensor, step: int = -1) -> tuple[Tensor, Tensor]:
+                """-> (KL per image [B] (in the step's view), bpp of y's and z's symbols per image [B])"""
                 means, scales, z_bits = side(z)
                 r = y - means
                 y_hat = r + (torch.round(r) - r).detach() + means        # what the decoder will see (STE)
@@ -161,8 +179,14 @@ class MachineRefiner:
                 if (hc, wc) != (H, W):
                     img = from_coded(img, (H, W))
                 img = img.clamp(0, 1)
+                v = view(step)
+                ts = targets
+                if v is not None:
+                    img = v(img)
+                    with torch.no_grad():
+                        ts = [F.log_softmax(c(p(v(images))).float(), -1) for c, p in machines]
                 kl = sum(F.kl_div(F.log_softmax(c(p(img)).float(), -1), t, log_target=True, reduction="none").sum(-1)
-                         for (c, p), t in zip(machines, targets)) / len(machines)
+                         for (c, p), t in zip(machines, ts)) / len(machines)
                 return kl, bits / (H * W)
 
             with torch.no_grad():
@@ -176,7 +200,7 @@ class MachineRefiner:
             best = None                                    # per image: the iterate of least loss seen
             for step in range(cfg.steps + 1):
                 with torch.set_grad_enabled(step < cfg.steps):
-                    kl, bpp = objective(y, z)
+                    kl, bpp = objective(y, z, step)
                     loss = kl + cfg.rate_weight * bpp + cfg.cap_weight * F.relu(bpp - cap)    # [B]
                 with torch.no_grad():
                     if best is None:
@@ -190,3 +214,50 @@ class MachineRefiner:
                         p.grad = g
                     opt.step()
         return best[1], best[2]
+
+
+# -- command-line options (slim-rt compress / demo / eval) -------------------------------------------------
+def add_arguments(p, what: str = "each image's code") -> None:
+    """--refine N and the RefineConfig knobs, on an argparse parser."""
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help=f"optimise {what} for the machine (EfficientNet-Lite0, or --refine-for) in N steps at encode "
+                        "time: slower encodes, the same decoder (default 0: off; e.g. 20)")
+    p.add_argument("--refine-rate-weight", type=float, default=None, metavar="W",
+                   help="with --refine: KL nats per bpp (default 30); higher = fewer bits")
+    p.add_argument("--refine-target-bpp", type=float, default=None, metavar="B",
+                   help="with --refine: aim each file at B bits per pixel, whole file (default: its unrefined size)")
+    p.add_argument("--refine-z", action="store_true", help="with --refine: also search the hyper-latent (side bits)")
+    p.add_argument("--refine-for", metavar="M,M", default=None,
+                   help="with --refine: the machines to refine for (mean KL), e.g. lite0,lite1 (default lite0)")
+    p.add_argument("--refine-jitter", type=float, default=0.0, metavar="J",
+                   help="with --refine: random crops of side 1-J..1 and flips each step (default 0: none)")
+
+
+def from_args(args) -> RefineConfig | None:
+    """The options of add_arguments -> a RefineConfig, or None with --refine 0 (ValueError if a knob is
+    given without --refine)."""
+    knobs = {"rate_weight": args.refine_rate_weight, "target_bpp": args.refine_target_bpp,
+             "refine_z": args.refine_z or None, "jitter": args.refine_jitter or None,
+             "machines": args.refine_for and machine_names(args.refine_for)}
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    if not args.refine:
+        if knobs:
+            flags = {"rate_weight": "--refine-rate-weight", "target_bpp": "--refine-target-bpp", "refine_z": "--refine-z",
+                     "jitter": "--refine-jitter", "machines": "--refine-for"}
+            raise ValueError(f"{', '.join(flags[k] for k in knobs)}: only with --refine N")
+        return None
+    return RefineConfig(steps=args.refine, **knobs)
+
+
+def suffix(cfg: RefineConfig | None) -> str:
+    """Curve and file-name suffix: "-refine20" and what differs from the default RefineConfig: "-w300"
+    (rate_weight), "-t0.03" (target_bpp), "-z" (refine_z), "-j0.1" (jitter), "-for-lite0+lite1"
+    (machines); "" when off."""
+    if not cfg:
+        return ""
+    d = RefineConfig()
+    return (f"-refine{cfg.steps}" + (f"-w{cfg.rate_weight:g}" if cfg.rate_weight != d.rate_weight else "")
+            + (f"-t{cfg.target_bpp:g}" if cfg.target_bpp is not None else "") + ("-z" if cfg.refine_z else "")
+            + (f"-j{cfg.jitter:g}" if cfg.jitter else "")
+            + ("-for-" + "+".join(m.replace("efficientnet-", "") for m in cfg.machines)
+               if cfg.machines != d.machines else ""))

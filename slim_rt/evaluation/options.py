@@ -37,16 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--machine", default="efficientnet-lite0",
                    help="the classifier that scores (default efficientnet-lite0; efficientnet-lite1/2 need their "
                         "optional weight packages): a machine the codec never trained on")
-    p.add_argument("--refine", type=int, default=0, metavar="N",
-                   help="SLIM encodes refined for the machine (EfficientNet-Lite0, or --refine-for) in N steps "
-                        "(slim_rt.refine; default 0: off)")
-    p.add_argument("--refine-rate-weight", type=float, default=None, metavar="W",
-                   help="with --refine: KL nats per bpp (default: slim_rt.refine.RefineConfig's); higher = fewer bits")
-    p.add_argument("--refine-target-bpp", type=float, default=None, metavar="B",
-                   help="with --refine: keep each file under B bpp (whole file; default: its unrefined size)")
-    p.add_argument("--refine-z", action="store_true", help="with --refine: also search the hyper-latent z")
-    p.add_argument("--refine-for", metavar="M,M", help="with --refine: the machines to refine for (mean KL), e.g. "
-                   "lite0,lite1 (default efficientnet-lite0)")
+    from slim_rt.refine import add_arguments
+    add_arguments(p, "SLIM encodes")
     p.add_argument("--rates", nargs="+", help="SLIM rate points to run (default: all)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared CPU)")
     p.add_argument("--guidance", type=float, default=1.0,

@@ -27,6 +27,7 @@ from slim_rt.models.registry import default_model
 from slim_rt.evaluation import results_dir
 from slim_rt.evaluation.baselines import (ENVELOPE, QUALITIES, avif_status, classical_settings, pil_decode,
                                           pil_encode, reuse_baselines)
+from slim_rt.refine import RefineConfig, from_args as refine_options, suffix as refine_suffix
 from slim_rt.evaluation.metrics import aggregate, bd_table, freeze_classifier, score
 from slim_rt.evaluation.options import add_arguments, ints
 from slim_rt.evaluation.protocol import (CAPTION_MODES, SIZE, captions, labelled_files, load_images, quantize,
@@ -264,38 +265,9 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
 
 def _refine_config(refine):
     """0 / None / a number of steps / a RefineConfig -> a RefineConfig with steps, or None."""
-    from slim_rt.refine import RefineConfig
     if isinstance(refine, RefineConfig):
         return refine if refine.steps else None
     return RefineConfig(steps=refine) if refine else None
-
-
-def refine_suffix(cfg) -> str:
-    """"-refine20" and what differs from the default RefineConfig: "-w300" (rate_weight), "-t0.03"
-    (target_bpp), "-z" (refine_z), "-for-lite0+lite1" (machines); "" when off."""
-    if not cfg:
-        return ""
-    from slim_rt.refine import RefineConfig
-    d = RefineConfig()
-    return (f"-refine{cfg.steps}" + (f"-w{cfg.rate_weight:g}" if cfg.rate_weight != d.rate_weight else "")
-            + (f"-t{cfg.target_bpp:g}" if cfg.target_bpp is not None else "") + ("-z" if cfg.refine_z else "")
-            + ("-for-" + "+".join(m.replace("efficientnet-", "") for m in cfg.machines)
-               if cfg.machines != d.machines else ""))
-
-
-def refine_from_args(args):
-    """The eval's --refine N [--refine-rate-weight W] [--refine-target-bpp B] [--refine-z] [--refine-for M,M]
-    -> RefineConfig | None."""
-    steps = getattr(args, "refine", 0)
-    if not steps:
-        return None
-    from slim_rt.refine import RefineConfig
-    kw = {"rate_weight": args.refine_rate_weight} if getattr(args, "refine_rate_weight", None) is not None else {}
-    if getattr(args, "refine_for", None):
-        from slim_rt.classifier import machine_names
-        kw["machines"] = machine_names(args.refine_for)
-    return RefineConfig(steps=steps, target_bpp=getattr(args, "refine_target_bpp", None),
-                        refine_z=getattr(args, "refine_z", False), **kw)
 
 
 def _export_summary(root) -> dict:
@@ -322,7 +294,7 @@ def run_from_args(args) -> int:
                    guidance=getattr(args, "guidance", 1.0), baselines_from=getattr(args, "baselines_from", None),
                    decoder_export=getattr(args, "decoder_export", None),
                    encoder_export=getattr(args, "encoder_export", None),
-                   machine=getattr(args, "machine", "efficientnet-lite0"), refine=refine_from_args(args),
+                   machine=getattr(args, "machine", "efficientnet-lite0"), refine=refine_options(args),
                    rates=getattr(args, "rates", None))
     print(markdown(res))
     return 0
