@@ -6,8 +6,7 @@ from y0 = g_a(latent) (and z0 = h_a(y0)), `steps` Adam steps minimise
 
     KL(clf(original) || clf(decoded)) + rate_weight * bpp + cap_weight * relu(bpp - cap)
 
-(with several machines, the mean of their KLs)
-through the straight-through rounding of y (the symbols the coder writes), the frozen latent
+(with several machines, the mean of their KLs) through the straight-through rounding of y (the symbols the coder writes), the frozen latent
 synthesis g_s, the frozen autoencoder's decoder and the resize back to the image's size; bpp is the
 rate of y's symbols under the Gaussian conditional plus z's under the factorized prior. By default z
 (hence the means and the CDF indexes) stays fixed; `refine_z` searches it too, through the hyper-
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from slim_rt.classifier import machine_names
+from slim_rt.classifier import MACHINES, machine_names
 from slim_rt.images import from_coded
 
 
@@ -60,7 +59,6 @@ class RefineConfig:
             raise ValueError("refine needs lr > 0 and rate_weight, cap_weight >= 0")
         if self.target_bpp is not None and not self.target_bpp > 0:
             raise ValueError(f"refine target_bpp must be > 0, got {self.target_bpp!r}")
-        from slim_rt.classifier import MACHINES
         if not (isinstance(self.machines, tuple) and self.machines and set(self.machines) <= set(MACHINES)):
             raise ValueError(f"refine machines must be a non-empty tuple of {', '.join(MACHINES)}, got {self.machines!r}")
         if not (1 <= self.chunk_pixels and 1 <= self.max_pixels):
@@ -197,7 +195,7 @@ class MachineRefiner:
             z = z.detach().clone().requires_grad_(cfg.refine_z)
             params = [y, z] if cfg.refine_z else [y]
             opt = torch.optim.Adam(params, lr=cfg.lr)
-            best = None                                    # per image: the iterate of least loss seen
+            best = None   # per image: the iterate of least loss seen (with jitter, each in its step's view)
             for step in range(cfg.steps + 1):
                 with torch.set_grad_enabled(step < cfg.steps):
                     kl, bpp = objective(y, z, step)
