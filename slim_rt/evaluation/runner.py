@@ -27,12 +27,12 @@ from slim_rt.models.registry import default_model
 from slim_rt.evaluation import results_dir
 from slim_rt.evaluation.baselines import (ENVELOPE, QUALITIES, avif_status, classical_settings, pil_decode,
                                           pil_encode, reuse_baselines)
-from slim_rt.refine import RefineConfig, from_args as refine_options, suffix as refine_suffix
 from slim_rt.evaluation.metrics import aggregate, bd_table, freeze_classifier, score
 from slim_rt.evaluation.options import add_arguments, ints
 from slim_rt.evaluation.protocol import (CAPTION_MODES, SIZE, captions, labelled_files, load_images, quantize,
                                          to_float)
 from slim_rt.evaluation.report import markdown, ref_scores_rows, write_results
+from slim_rt.refine import RefineConfig, from_args as refine_options, suffix as refine_suffix
 
 CODECS = ("slim", "jpeg", "webp", "avif")
 
@@ -63,7 +63,8 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
     stages as exported, e.g. an int8 vae_decoder or vae_encoder) instead of the torch model.
     machine: the scoring classifier by name (slim_rt.classifier.load_machine) when `classifier` is None.
     refine: SLIM encodes refined (slim_rt.refine) for RefineConfig.machines (default EfficientNet-Lite0),
-    whatever machine scores: a number of steps or a RefineConfig (0 / None: off); rates: the SLIM rate points to run (default all).
+    whatever machine scores: a number of steps or a RefineConfig (0 / None: off); rates: the SLIM rate
+    points to run (default all).
     BD-rates are also reported against the classical envelope (every classical point pooled)."""
     prev_threads = torch.get_num_threads()
     if threads:
