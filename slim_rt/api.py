@@ -19,7 +19,7 @@ from slim_rt.images import to_pil, to_tensor
 from slim_rt.models.registry import DEFAULT_MODEL, default_model  # noqa: F401 (api names)
 from slim_rt.models.slim import SlimModel
 from slim_rt.pipeline import Pipeline
-from slim_rt.refine import MachineRefiner, RefineConfig
+from slim_rt.refine import MachineRefiner, as_config
 
 # Pixels one call may process (per image, and per batch of same-size images) unless the caller
 # raises it; peak memory grows linearly with pixels (docs/memory.md), so this bounds memory and work
@@ -122,14 +122,10 @@ def _make_engine_pipeline(export_dir, backend, device, stages=None, overrides=No
 def _refiner(refine, device) -> MachineRefiner | None:
     """None | steps (int) | RefineConfig | MachineRefiner -> a refiner (for RefineConfig.machines:
     EfficientNet-Lite0 by default)."""
-    if refine is None or isinstance(refine, MachineRefiner):
+    if isinstance(refine, MachineRefiner):
         return refine
-    cfg = RefineConfig(steps=refine) if isinstance(refine, int) and not isinstance(refine, bool) else refine
-    if not isinstance(cfg, RefineConfig):
-        raise ValueError(f"refine must be None, a number of steps, a RefineConfig or a MachineRefiner, got {refine!r}")
-    if cfg.steps == 0:
-        return None
-    return MachineRefiner.for_machines(cfg, device)
+    cfg = as_config(refine)
+    return None if cfg is None else MachineRefiner.for_machines(cfg, device)
 
 
 class Encoder:

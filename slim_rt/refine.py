@@ -80,6 +80,15 @@ def _z_bits(eb, z_hat: Tensor) -> Tensor:
     return -torch.log2(lik).reshape(C, B, -1).sum((0, 2))
 
 
+def as_config(refine) -> RefineConfig | None:
+    """None / 0 / a number of steps / a RefineConfig -> a RefineConfig with steps >= 1, or None (off)."""
+    if isinstance(refine, RefineConfig):
+        return refine if refine.steps else None
+    if refine is None or isinstance(refine, int) and not isinstance(refine, bool):
+        return RefineConfig(steps=refine) if refine else None
+    raise ValueError(f"refine must be None, a number of steps, a RefineConfig or a MachineRefiner, got {refine!r}")
+
+
 class MachineRefiner:
     """`refiner(model, rate, images, y, z, coded_hw) -> (y, z)` for `Pipeline.encode(refiner=...)`.
 
@@ -148,7 +157,7 @@ class MachineRefiner:
 
             def view(step: int):
                 """The step's view of the images: None (as they are), or with jitter a random crop (and flip)."""
-                if not cfg.jitter or step < 0:
+                if not cfg.jitter:
                     return None
                 r = torch.rand(5, generator=gen).tolist()
                 frac = 1.0 - cfg.jitter * r[0]
@@ -166,12 +175,17 @@ class MachineRefiner:
                 return (comp.h_s_mean(sym + med), comp.gaussian.scales_from_index(comp.h_s_scale(sym)),
                         _z_bits(comp.entropy_bottleneck, sym + med))
 
-            def objective(y: Tensor, z: Tensor, step: int = -1) -> tuple[Tensor, Tensor]:
-                """-> (KL per image [B] (in the step's view), bpp of y's and z's symbols per image [B])"""
+            def coded(y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+                """-> (y_hat as the decoder will see it (STE), bpp of y's and z's symbols per image [B])"""
                 means, scales, z_bits = side(z)
                 r = y - means
-                y_hat = r + (torch.round(r) - r).detach() + means        # what the decoder will see (STE)
+                y_hat = r + (torch.round(r) - r).detach() + means
                 bits = -torch.log2(comp.gaussian.likelihood(y_hat, scales, means)).flatten(1).sum(1) + z_bits
+                return y_hat, bits / (H * W)
+
+            def objective(y: Tensor, z: Tensor, step: int) -> tuple[Tensor, Tensor]:
+                """-> (KL per image [B] (in the step's view), bpp per image [B])"""
+                y_hat, bpp = coded(y, z)
                 lat = comp.g_s(y_hat).to(vae_dtype)                       # fp16/bf16 autoencoders too
                 img = (model.base.decode_latent(lat).float()[..., :hc, :wc] + 1) / 2
                 if (hc, wc) != (H, W):
@@ -185,10 +199,10 @@ class MachineRefiner:
                         ts = [F.log_softmax(c(p(v(images))).float(), -1) for c, p in machines]
                 kl = sum(F.kl_div(F.log_softmax(c(p(img)).float(), -1), t, log_target=True, reduction="none").sum(-1)
                          for (c, p), t in zip(machines, ts)) / len(machines)
-                return kl, bits / (H * W)
+                return kl, bpp
 
             with torch.no_grad():
-                _, cap = objective(y, z)
+                cap = coded(y, z)[1]                                       # the unrefined file's bpp
             if cfg.target_bpp is not None:
                 cap = cap.clamp(max=cfg.target_bpp - 8 * OVERHEAD_BYTES / (H * W))
             y = y.detach().clone().requires_grad_(True)

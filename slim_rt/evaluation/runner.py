@@ -32,7 +32,7 @@ from slim_rt.evaluation.options import add_arguments, ints
 from slim_rt.evaluation.protocol import (CAPTION_MODES, SIZE, captions, labelled_files, load_images, quantize,
                                          to_float)
 from slim_rt.evaluation.report import markdown, ref_scores_rows, write_results
-from slim_rt.refine import RefineConfig, from_args as refine_options, suffix as refine_suffix
+from slim_rt.refine import as_config, from_args as refine_options, suffix as refine_suffix
 
 CODECS = ("slim", "jpeg", "webp", "avif")
 
@@ -72,7 +72,7 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
     try:
         return _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
                          qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from,
-                         decoder_export, encoder_export, machine, _refine_config(refine), rates, log)
+                         decoder_export, encoder_export, machine, as_config(refine), rates, log)
     finally:
         torch.set_num_threads(prev_threads)
 
@@ -262,13 +262,6 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         log("wrote " + ", ".join(str(p) for p in paths.values()))
     log(f"done in {time.perf_counter() - t_start:.1f} s")
     return result
-
-
-def _refine_config(refine):
-    """0 / None / a number of steps / a RefineConfig -> a RefineConfig with steps, or None."""
-    if isinstance(refine, RefineConfig):
-        return refine if refine.steps else None
-    return RefineConfig(steps=refine) if refine else None
 
 
 def _export_summary(root) -> dict:
