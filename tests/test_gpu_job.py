@@ -85,3 +85,20 @@ def test_run_job_cpu_subset(tmp_path):
             assert r["encode"]["median_ms"] > 0 and r["decode_k1"]["p99_ms"] >= r["decode_k1"]["median_ms"] > 0
             assert sum(r["decode_k1"]["stages_ms"].values()) > 0
     assert len(list(out.iterdir())) <= 8
+
+
+def test_gpu_tests_collect_kernels_first():
+    """The tests section names files in order (kernel tests, then the compile-heavy codec tests, then the
+    rest), and pytest collects them in that order: the first GPU tests to run are the quick kernel checks."""
+    import subprocess
+    import sys
+    run = _load("gpu_job_run_order", ROOT / "benchmarks" / "gpu" / "run.py")
+    argv = run.commands(gpu=True, out=Path("/tmp"), quick=False)["tests"][0]
+    files = [a for a in argv if a.startswith("tests")]
+    assert "tests" not in files and len(files) == len(set(files))
+    ids = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          "-o", "addopts=", "-m", "gpu", *files], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300).stdout.split()
+    ids = [i for i in ids if "::" in i]
+    kinds = [0 if i.startswith("tests/test_kernel") else 1 if i.startswith("tests/test_gpu_codec") else 2 for i in ids]
+    assert kinds and kinds == sorted(kinds) and kinds[0] == 0
