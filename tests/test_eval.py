@@ -249,3 +249,45 @@ def test_eval_refined_rates_and_machine_names(ev, data_dir, tiny_dir, tmp_path):
         ev.run_eval(data_dir, model=str(tiny_dir), codecs="slim", rates=[7], write=False, log=lambda m: None)
     with pytest.raises(ValueError, match="unknown machine"):
         ev.run_eval(data_dir, model=str(tiny_dir), codecs="slim", machine="resnet", write=False, log=lambda m: None)
+
+
+def test_eval_scores_several_machines_from_one_encode(ev, data_dir, tiny_dir, tmp_path, monkeypatch):
+    """machine="lite0,lite2": one encode and decode, scored by each machine, each written as its own
+    results, equal to the single-machine runs."""
+    import slim_rt
+    import slim_rt.classifier as C
+    base, real = C.load_machine("efficientnet-lite0"), C.load_machine
+
+    class Mirrored:  # a second machine that needs no optional package: Lite0 on the mirrored image
+        device = "cpu"
+
+        def logits(self, x):
+            return base.logits(x.flip(-1))
+
+    monkeypatch.setattr(C, "load_machine", lambda name="efficientnet-lite0", device="cpu":
+                        Mirrored() if name == "efficientnet-lite2" else real(name, device=device))
+    calls = []
+    encode_batch = slim_rt.Encoder.encode_batch
+    monkeypatch.setattr(slim_rt.Encoder, "encode_batch", lambda self, *a, **k: calls.append(1) or
+                        encode_batch(self, *a, **k))
+    kw = dict(model=str(tiny_dir), codecs="slim,jpeg", steps=[0], rates=[0], qualities={"jpeg": [5]}, batch=4,
+              threads=1, log=lambda m: None)
+    both = ev.run_eval(data_dir, out_dir=tmp_path, machine="lite0,lite2", **kw)
+    n_both = len(calls)
+    assert [r["classifier"] for r in both] == ["efficientnet-lite0", "efficientnet-lite2"]
+    assert [Path(r["files"]["json"]).name for r in both] == ["eval-tiny-random-evaldata0.json",
+                                                              "eval-tiny-random-evaldata0-lite2.json"]
+    preds = []
+    for r in both:
+        with Path(r["files"]["csv"]).open() as f:
+            preds.append([(x["curve"], x["file"], x["pred"]) for x in csv.DictReader(f)])
+        calls.clear()
+        alone = ev.run_eval(data_dir, machine=r["classifier"], write=False, **kw)
+        assert len(calls) == n_both  # the two machines' run encoded no more than one machine's
+
+        def key(res):
+            return {(s["curve"], s["setting"]): (s["bpp"], s["top1"], s["top5"], s["psnr"]) for s in res["settings"]}
+        assert key(alone) == key(r) and alone["reference"] == r["reference"]
+    assert preds[0] != preds[1]  # the two machines did score differently
+    with pytest.raises(ValueError, match="one machine"):
+        ev.run_eval(data_dir, machine="lite0,lite2", baselines_from=tmp_path / "x.json", write=False, **kw)

@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                             "vae_encoder); default: the torch model")
     p.add_argument("--machine", default="efficientnet-lite0",
                    help="the classifier that scores (default efficientnet-lite0; efficientnet-lite1/2 need their "
-                        "optional weight packages): a machine the codec never trained on")
+                        "optional weight packages); a comma list (lite0,lite2) scores the same encodes with each, "
+                        "one results file per machine")
     from slim_rt.refine import add_arguments
     add_arguments(p, "SLIM encodes")
     p.add_argument("--rates", nargs="+", help="SLIM rate points to run (default: all)")

@@ -47,8 +47,9 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
              batch: int = 16, tag: str | None = None, bd_method: str = "pchip", write: bool = True,
              threads: int | None = None, guidance: float = 1.0, baselines_from=None, decoder_export=None,
              encoder_export=None, machine: str = "efficientnet-lite0", refine=0, rates=None,
-             log=_log) -> dict:
-    """Evaluate; returns the aggregated results dict (also written as JSON when write=True).
+             log=_log) -> dict | list[dict]:
+    """Evaluate; returns the aggregated results dict (also written as JSON when write=True), one per
+    scoring machine (a list) when `machine` names several.
 
     classifier: a `slim_rt.classifier.Classifier` (logits of [B,3,H,W] in [0,1], own preprocessing);
     default EfficientNet-Lite0. captioner: the SLIM encoder's automatic captioner (caption_mode auto);
@@ -61,7 +62,8 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
     baselines_from: an earlier eval JSON on the same images whose classical settings are reused.
     decoder_export / encoder_export: decode / encode with ONNX Runtime on this exported directory (its
     stages as exported, e.g. an int8 vae_decoder or vae_encoder) instead of the torch model.
-    machine: the scoring classifier by name (slim_rt.classifier.load_machine) when `classifier` is None.
+    machine: the scoring classifier by name (slim_rt.classifier.load_machine) when `classifier` is None;
+    several ("lite0,lite2" or a tuple) score the same encodes and decodes, each written as its own results.
     refine: SLIM encodes refined (slim_rt.refine) for RefineConfig.machines (default EfficientNet-Lite0),
     whatever machine scores: a number of steps or a RefineConfig (0 / None: off); rates: the SLIM rate
     points to run (default all).
@@ -81,6 +83,13 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
               qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from, decoder_export,
               encoder_export, machine, refine, rates, log) -> dict:
     t_start = time.perf_counter()
+    from slim_rt.classifier import machine_names
+    machines = machine_names(machine) if isinstance(machine, str) else tuple(machine)
+    machines = tuple(dict.fromkeys(machines))
+    if not machines or (classifier is not None and len(machines) > 1):
+        raise ValueError("machine: name one or more scoring machines, or pass one classifier")
+    if baselines_from and len(machines) > 1:
+        raise ValueError("--baselines-from reuses settings scored by one machine: score one machine with it")
     codecs = [c.strip().lower() for c in (codecs.split(",") if isinstance(codecs, str) else codecs) if c.strip()]
     bad = [c for c in codecs if c not in CODECS]
     if bad:
@@ -104,32 +113,35 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
 
     from slim_rt.classifier import load_machine
     own_classifier = classifier is None
-    if own_classifier:
-        classifier = freeze_classifier(load_machine(machine, device=device))
-    rows: list[dict] = []
+    if own_classifier:  # every scoring machine reads the same decoded images: one encode and decode for all
+        scorers = {m: freeze_classifier(load_machine(m, device=device)) for m in machines}
+    else:
+        scorers = {machines[0]: classifier}
+    rows: dict[str, list[dict]] = {m: [] for m in scorers}
 
     def add(codec, curve, setting, datas, recs, enc_ms, dec_ms, quality=None, scale=1.0, rate=None, k=None,
             caps=None, unet_ms=None):
-        t = time.perf_counter()
-        scores = score(classifier, recs, refs, labels)
-        new = []
-        for i, (im, d, s) in enumerate(zip(images, datas, scores)):
-            new.append({"file": im.file, "label": im.label, "codec": codec, "curve": curve, "setting": setting,
-                        "quality": quality, "scale": scale, "rate": rate, "steps": k,
-                        "caption": caps[i] if caps else None, "bytes": len(d), "bpp": 8 * len(d) / (SIZE * SIZE),
-                        **s, "enc_ms": enc_ms[i], "dec_ms": dec_ms[i],
-                        "unet_ms": unet_ms[i] if unet_ms else 0.0})
-        rows.extend(new)
-        a = aggregate(new)
-        log(f"{curve:>10} {setting:<8} bpp {a['bpp']:.4f}  top-1 {a['top1']:.3f}  top-5 {a['top5']:.3f}  "
-            f"PSNR {a['psnr']:.2f}  MS-SSIM {a['msssim']:.3f}  (scored in {time.perf_counter() - t:.1f} s)")
+        for m, clf in scorers.items():
+            t = time.perf_counter()
+            new = []
+            for i, (im, d, s) in enumerate(zip(images, datas, score(clf, recs, refs, labels))):
+                new.append({"file": im.file, "label": im.label, "codec": codec, "curve": curve, "setting": setting,
+                            "quality": quality, "scale": scale, "rate": rate, "steps": k,
+                            "caption": caps[i] if caps else None, "bytes": len(d), "bpp": 8 * len(d) / (SIZE * SIZE),
+                            **s, "enc_ms": enc_ms[i], "dec_ms": dec_ms[i],
+                            "unet_ms": unet_ms[i] if unet_ms else 0.0})
+            rows[m].extend(new)
+            a = aggregate(new)
+            by = f"  [{m.replace('efficientnet-', '')}]" if len(scorers) > 1 else ""
+            log(f"{curve:>10} {setting:<8} bpp {a['bpp']:.4f}  top-1 {a['top1']:.3f}  top-5 {a['top5']:.3f}  "
+                f"PSNR {a['psnr']:.2f}  MS-SSIM {a['msssim']:.3f}  (scored in {time.perf_counter() - t:.1f} s){by}")
 
-    # reference: the uncompressed crops (the sanity check)
-    ref_scores = score(classifier, refs, refs, labels)
-    ref_preds = [s["pred"] for s in ref_scores]
-    reference = {"n": N, "top1": sum(s["top1"] for s in ref_scores) / N,
-                 "top5": sum(s["top5"] for s in ref_scores) / N, "bpp": 24.0}
-    log(f"uncompressed 256-crops: top-1 {reference['top1']:.4f}  top-5 {reference['top5']:.4f}")
+    # reference: the uncompressed crops (the sanity check); automatic captions follow the first machine
+    ref_scores = {m: score(clf, refs, refs, labels) for m, clf in scorers.items()}
+    ref_preds = [s["pred"] for s in ref_scores[machines[0]]]
+    for m, rs in ref_scores.items():
+        log(f"uncompressed 256-crops: top-1 {sum(s['top1'] for s in rs) / N:.4f}  "
+            f"top-5 {sum(s['top5'] for s in rs) / N:.4f}" + (f"  [{m}]" if len(scorers) > 1 else ""))
 
     # SLIM: one encode per rate; the K variants differ only in the header's steps field
     model_name, run_rates = None, None
@@ -193,7 +205,7 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     # baselines through Pillow (or their settings reused from an earlier run on the same images)
     reused: list[dict] = []
     if baselines_from:
-        reused = reuse_baselines(baselines_from, images, data, machine if own_classifier else None)
+        reused = reuse_baselines(baselines_from, images, data, machines[0] if own_classifier else None)
         log(f"reusing {len(reused)} baseline settings from {baselines_from}")
     for codec in (c for c in codecs if c != "slim" and not baselines_from):
         for s in baseline_scales:
@@ -217,51 +229,57 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
                     dec_ms.append((t2 - t1) * 1e3)
                 add(codec, curve, f"q{q}", datas, recs, enc_ms, dec_ms, quality=q, scale=s)
 
-    # aggregate
-    settings, seen = [], {}
-    for r in rows:
-        seen.setdefault((r["curve"], r["setting"]), []).append(r)
-    settings = [aggregate(v) for v in seen.values()] + reused
-    curves: dict[str, list[dict]] = {}
-    for a in settings:
-        curves.setdefault(a["curve"], []).append(a)
-    classical = classical_settings(curves)
-    if classical:  # the best of every classical codec and scale
-        curves[ENVELOPE] = classical
-    bd = bd_table(curves, bd_method)
-    split = Path(data).resolve().name
-    name = f"eval-{model_name or 'baselines'}-{split}"
-    if limit is not None and limit < len(labelled_files(data)):
-        name += f"-first{limit}"
-    tag = tag if tag is not None else (None if caption_mode == "auto" else f"cap-{caption_mode}")
-    if "slim" in codecs:
-        name += refine_suffix(refine)
-    if own_classifier and machine != "efficientnet-lite0":
-        name += "-" + machine.replace("efficientnet-", "")
-    if tag:
-        name += f"-{tag}"
-    result = {
-        "name": name, "data": str(data), "split": split, "n_images": N, "limit": limit,
-        "model": model_name, "model_path": str(model) if model_name else None, "caption_mode": caption_mode,
-        "steps": ks if "slim" in codecs else None, "guidance": guidance, "device": str(device), "size": SIZE,
-        "classifier": machine if own_classifier else type(classifier).__name__,
-        "refine": refine.steps if refine else 0, "refine_config": dataclasses.asdict(refine) if refine else None,
-        "rates": run_rates if "slim" in codecs else None,
-        "protocol": "resize short side 256 (bicubic, antialiased), center crop 256x256, 8-bit RGB -> codec; "
-                    "classifier: its own preprocessing on the decoded 256x256 image",
-        "reference": reference, "settings": settings, "bd_rate_method": bd_method,
-        "bd_rate_pct": bd, "skipped": skipped, "qualities": {c: qualities[c] for c in codecs if c != "slim"},
-        "baseline_scales": [float(s) for s in baseline_scales], "wall_s": round(time.perf_counter() - t_start, 1),
-        "baselines_from": str(baselines_from) if baselines_from else None,
-        "decoder_export": _export_summary(decoder_export) if decoder_export else None,
-        "encoder_export": _export_summary(encoder_export) if encoder_export else None,
-    }
-    if write:
-        paths = write_results(result, rows, ref_scores_rows(images, ref_scores), out_dir or results_dir())
-        result["files"] = {k: str(v) for k, v in paths.items()}
-        log("wrote " + ", ".join(str(p) for p in paths.values()))
+    def finish(machine: str) -> dict:  # aggregate, name and write one scoring machine's results
+        ref = ref_scores[machine]
+        reference = {"n": N, "top1": sum(s["top1"] for s in ref) / N, "top5": sum(s["top5"] for s in ref) / N,
+                     "bpp": 24.0}
+        settings, seen = [], {}
+        for r in rows[machine]:
+            seen.setdefault((r["curve"], r["setting"]), []).append(r)
+        settings = [aggregate(v) for v in seen.values()] + reused
+        curves: dict[str, list[dict]] = {}
+        for a in settings:
+            curves.setdefault(a["curve"], []).append(a)
+        classical = classical_settings(curves)
+        if classical:  # the best of every classical codec and scale
+            curves[ENVELOPE] = classical
+        bd = bd_table(curves, bd_method)
+        split = Path(data).resolve().name
+        name = f"eval-{model_name or 'baselines'}-{split}"
+        if limit is not None and limit < len(labelled_files(data)):
+            name += f"-first{limit}"
+        tg = tag if tag is not None else (None if caption_mode == "auto" else f"cap-{caption_mode}")
+        if "slim" in codecs:
+            name += refine_suffix(refine)
+        if own_classifier and machine != "efficientnet-lite0":
+            name += "-" + machine.replace("efficientnet-", "")
+        if tg:
+            name += f"-{tg}"
+        result = {
+            "name": name, "data": str(data), "split": split, "n_images": N, "limit": limit,
+            "model": model_name, "model_path": str(model) if model_name else None, "caption_mode": caption_mode,
+            "steps": ks if "slim" in codecs else None, "guidance": guidance, "device": str(device), "size": SIZE,
+            "classifier": machine if own_classifier else type(classifier).__name__,
+            "refine": refine.steps if refine else 0, "refine_config": dataclasses.asdict(refine) if refine else None,
+            "rates": run_rates if "slim" in codecs else None,
+            "protocol": "resize short side 256 (bicubic, antialiased), center crop 256x256, 8-bit RGB -> codec; "
+                        "classifier: its own preprocessing on the decoded 256x256 image",
+            "reference": reference, "settings": settings, "bd_rate_method": bd_method,
+            "bd_rate_pct": bd, "skipped": skipped, "qualities": {c: qualities[c] for c in codecs if c != "slim"},
+            "baseline_scales": [float(s) for s in baseline_scales], "wall_s": round(time.perf_counter() - t_start, 1),
+            "baselines_from": str(baselines_from) if baselines_from else None,
+            "decoder_export": _export_summary(decoder_export) if decoder_export else None,
+            "encoder_export": _export_summary(encoder_export) if encoder_export else None,
+        }
+        if write:
+            paths = write_results(result, rows[machine], ref_scores_rows(images, ref), out_dir or results_dir())
+            result["files"] = {k: str(v) for k, v in paths.items()}
+            log("wrote " + ", ".join(str(p) for p in paths.values()))
+        return result
+
+    results = [finish(m) for m in scorers]
     log(f"done in {time.perf_counter() - t_start:.1f} s")
-    return result
+    return results[0] if len(results) == 1 else results
 
 
 def _export_summary(root) -> dict:
@@ -290,7 +308,8 @@ def run_from_args(args) -> int:
                    encoder_export=getattr(args, "encoder_export", None),
                    machine=getattr(args, "machine", "efficientnet-lite0"), refine=refine_options(args),
                    rates=getattr(args, "rates", None))
-    print(markdown(res))
+    for r in res if isinstance(res, list) else [res]:
+        print(markdown(r))
     return 0
 
 
