@@ -81,9 +81,9 @@ def run_eval(data, model: str | None = None, out_dir=None, limit: int | None = N
 
 def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, classifier, captioner,
               qualities, baseline_scales, batch, tag, bd_method, write, guidance, baselines_from, decoder_export,
-              encoder_export, machine, refine, rates, log) -> dict:
+              encoder_export, machine, refine, rates, log) -> dict | list[dict]:
     t_start = time.perf_counter()
-    from slim_rt.classifier import machine_names
+    from slim_rt.classifier import load_machine, machine_names
     machines = machine_names(machine) if isinstance(machine, str) else tuple(machine)
     machines = tuple(dict.fromkeys(machines))
     if not machines or (classifier is not None and len(machines) > 1):
@@ -111,7 +111,6 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     N = len(images)
     log(f"{N} images from {data}")
 
-    from slim_rt.classifier import load_machine
     own_classifier = classifier is None
     if own_classifier:  # every scoring machine reads the same decoded images: one encode and decode for all
         scorers = {m: freeze_classifier(load_machine(m, device=device)) for m in machines}
