@@ -6,8 +6,9 @@ from y0 = g_a(latent) (and z0 = h_a(y0)), `steps` Adam steps minimise
 
     KL(clf(original) || clf(decoded)) + rate_weight * bpp + cap_weight * relu(bpp - cap)
 
-(with several machines, the mean of their KLs) through the straight-through rounding of y (the symbols the coder writes), the frozen latent
-synthesis g_s, the frozen autoencoder's decoder and the resize back to the image's size; bpp is the
+(with several machines, the mean of their KLs) through the straight-through rounding of y (the
+symbols the coder writes), the frozen latent synthesis g_s, the frozen autoencoder's decoder and the
+resize back to the image's size; bpp is the
 rate of y's symbols under the Gaussian conditional plus z's under the factorized prior. By default z
 (hence the means and the CDF indexes) stays fixed; `refine_z` searches it too, through the hyper-
 synthesis (the means and the fake-quantised scale network: the file's indexes are then computed

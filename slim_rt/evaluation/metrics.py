@@ -37,21 +37,25 @@ def freeze_classifier(classifier, size: int = 224):
 
 
 @torch.inference_mode()
-def score(classifier, recs: list[torch.Tensor], refs: list[torch.Tensor], labels: list[int],
-          batch: int = 8) -> list[dict]:
-    """Per image: pred, top1, top5, psnr, msssim (classifier batched; MS-SSIM per image, which is
-    several times faster on CPU than batched: the filtered maps stay in cache)."""
+def machine_scores(classifier, recs: list[torch.Tensor], labels: list[int], batch: int = 8) -> list[dict]:
+    """Per image: pred, top1, top5 (classifier batched)."""
     out = []
     for i in range(0, len(recs), batch):
-        x = torch.stack(recs[i:i + batch])
-        r = torch.stack(refs[i:i + batch])
         y = torch.tensor(labels[i:i + batch])
-        top5 = classifier.logits(x).float().cpu().topk(5, dim=-1).indices
+        top5 = classifier.logits(torch.stack(recs[i:i + batch])).float().cpu().topk(5, dim=-1).indices
+        out += [{"pred": int(t[0]), "top1": int(t[0] == l), "top5": int((t == l).any())} for t, l in zip(top5, y)]
+    return out
+
+
+@torch.inference_mode()
+def fidelity(recs: list[torch.Tensor], refs: list[torch.Tensor], batch: int = 8) -> list[dict]:
+    """Per image: psnr, msssim (MS-SSIM per image, which is several times faster on CPU than batched:
+    the filtered maps stay in cache). Independent of the machine: computed once per setting."""
+    out = []
+    for i in range(0, len(recs), batch):
+        x, r = torch.stack(recs[i:i + batch]), torch.stack(refs[i:i + batch])
         p = psnr(x, r)
-        m = torch.cat([msssim(x[j:j + 1], r[j:j + 1]) for j in range(len(x))])
-        for j in range(len(x)):
-            out.append({"pred": int(top5[j, 0]), "top1": int(top5[j, 0] == y[j]),
-                        "top5": int((top5[j] == y[j]).any()), "psnr": float(p[j]), "msssim": float(m[j])})
+        out += [{"psnr": float(p[j]), "msssim": float(msssim(x[j:j + 1], r[j:j + 1]))} for j in range(len(x))]
     return out
 
 

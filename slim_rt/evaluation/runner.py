@@ -27,7 +27,7 @@ from slim_rt.models.registry import default_model
 from slim_rt.evaluation import results_dir
 from slim_rt.evaluation.baselines import (ENVELOPE, QUALITIES, avif_status, classical_settings, pil_decode,
                                           pil_encode, reuse_baselines)
-from slim_rt.evaluation.metrics import aggregate, bd_table, freeze_classifier, score
+from slim_rt.evaluation.metrics import aggregate, bd_table, fidelity, freeze_classifier, machine_scores
 from slim_rt.evaluation.options import add_arguments, ints
 from slim_rt.evaluation.protocol import (CAPTION_MODES, SIZE, captions, labelled_files, load_images, quantize,
                                          to_float)
@@ -120,10 +120,12 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
 
     def add(codec, curve, setting, datas, recs, enc_ms, dec_ms, quality=None, scale=1.0, rate=None, k=None,
             caps=None, unet_ms=None):
+        t = time.perf_counter()
+        fid = fidelity(recs, refs)  # the same for every machine
         for m, clf in scorers.items():
-            t = time.perf_counter()
             new = []
-            for i, (im, d, s) in enumerate(zip(images, datas, score(clf, recs, refs, labels))):
+            scores = [{**a, **b} for a, b in zip(machine_scores(clf, recs, labels), fid)]
+            for i, (im, d, s) in enumerate(zip(images, datas, scores)):
                 new.append({"file": im.file, "label": im.label, "codec": codec, "curve": curve, "setting": setting,
                             "quality": quality, "scale": scale, "rate": rate, "steps": k,
                             "caption": caps[i] if caps else None, "bytes": len(d), "bpp": 8 * len(d) / (SIZE * SIZE),
@@ -134,9 +136,10 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
             by = f"  [{m.replace('efficientnet-', '')}]" if len(scorers) > 1 else ""
             log(f"{curve:>10} {setting:<8} bpp {a['bpp']:.4f}  top-1 {a['top1']:.3f}  top-5 {a['top5']:.3f}  "
                 f"PSNR {a['psnr']:.2f}  MS-SSIM {a['msssim']:.3f}  (scored in {time.perf_counter() - t:.1f} s){by}")
+            t = time.perf_counter()
 
     # reference: the uncompressed crops (the sanity check); automatic captions follow the first machine
-    ref_scores = {m: score(clf, refs, refs, labels) for m, clf in scorers.items()}
+    ref_scores = {m: machine_scores(clf, refs, labels) for m, clf in scorers.items()}
     ref_preds = [s["pred"] for s in ref_scores[machines[0]]]
     for m, rs in ref_scores.items():
         log(f"uncompressed 256-crops: top-1 {sum(s['top1'] for s in rs) / N:.4f}  "
