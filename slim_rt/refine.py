@@ -235,6 +235,8 @@ def add_arguments(p, what: str = "each image's code") -> None:
     p.add_argument("--refine", type=int, default=0, metavar="N",
                    help=f"optimise {what} for the machine (EfficientNet-Lite0, or --refine-for) in N steps at encode "
                         "time: slower encodes, the same decoder (default 0: off; e.g. 20)")
+    p.add_argument("--refine-lr", type=float, default=None, metavar="LR",
+                   help="with --refine: Adam step size on the latent, in quantisation steps (default 0.02)")
     p.add_argument("--refine-rate-weight", type=float, default=None, metavar="W",
                    help="with --refine: KL nats per bpp (default 30); higher = fewer bits")
     p.add_argument("--refine-target-bpp", type=float, default=None, metavar="B",
@@ -249,13 +251,13 @@ def add_arguments(p, what: str = "each image's code") -> None:
 def from_args(args) -> RefineConfig | None:
     """The options of add_arguments -> a RefineConfig, or None with --refine 0 (ValueError if a knob is
     given without --refine)."""
-    knobs = {"rate_weight": args.refine_rate_weight, "target_bpp": args.refine_target_bpp,
+    knobs = {"lr": args.refine_lr, "rate_weight": args.refine_rate_weight, "target_bpp": args.refine_target_bpp,
              "refine_z": args.refine_z or None, "jitter": args.refine_jitter or None,
              "machines": args.refine_for and machine_names(args.refine_for)}
     knobs = {k: v for k, v in knobs.items() if v is not None}
     if not args.refine:
         if knobs:
-            flags = {"rate_weight": "--refine-rate-weight", "target_bpp": "--refine-target-bpp", "refine_z": "--refine-z",
+            flags = {"lr": "--refine-lr", "rate_weight": "--refine-rate-weight", "target_bpp": "--refine-target-bpp", "refine_z": "--refine-z",
                      "jitter": "--refine-jitter", "machines": "--refine-for"}
             raise ValueError(f"{', '.join(flags[k] for k in knobs)}: only with --refine N")
         return None
@@ -263,13 +265,14 @@ def from_args(args) -> RefineConfig | None:
 
 
 def suffix(cfg: RefineConfig | None) -> str:
-    """Curve and file-name suffix: "-refine20" and what differs from the default RefineConfig: "-w300"
+    """Curve and file-name suffix: "-refine20" and what differs from the default RefineConfig: "-lr0.05" (lr), "-w300"
     (rate_weight), "-t0.03" (target_bpp), "-z" (refine_z), "-j0.1" (jitter), "-for-lite0+lite1"
     (machines); "" when off."""
     if not cfg:
         return ""
     d = RefineConfig()
-    return (f"-refine{cfg.steps}" + (f"-w{cfg.rate_weight:g}" if cfg.rate_weight != d.rate_weight else "")
+    return (f"-refine{cfg.steps}" + (f"-lr{cfg.lr:g}" if cfg.lr != d.lr else "")
+            + (f"-w{cfg.rate_weight:g}" if cfg.rate_weight != d.rate_weight else "")
             + (f"-t{cfg.target_bpp:g}" if cfg.target_bpp is not None else "") + ("-z" if cfg.refine_z else "")
             + (f"-j{cfg.jitter:g}" if cfg.jitter else "")
             + ("-for-" + "+".join(m.replace("efficientnet-", "") for m in cfg.machines)

@@ -209,3 +209,20 @@ def test_refine_jitter_is_seeded(tiny_dir, machine):
     assert a == b and a != c
     assert a != plain.encode(img, rate=1)
     assert slim_rt.Decoder.from_pretrained(str(tiny_dir)).decode(a, output="tensor").shape == (3, 64, 64)
+
+
+def test_refine_arguments_to_config_and_suffix():
+    """--refine-lr and the other knobs reach RefineConfig; the file-name suffix names what differs."""
+    import argparse
+
+    from slim_rt.refine import add_arguments, from_args, suffix
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = from_args(p.parse_args(["--refine", "10", "--refine-lr", "0.05", "--refine-rate-weight", "300"]))
+    assert cfg == RefineConfig(steps=10, lr=0.05, rate_weight=300.0)
+    assert suffix(cfg) == "-refine10-lr0.05-w300"
+    assert suffix(from_args(p.parse_args(["--refine", "20"]))) == "-refine20"
+    with pytest.raises(ValueError, match="--refine-lr: only with --refine N"):
+        from_args(p.parse_args(["--refine-lr", "0.05"]))
+    with pytest.raises(ValueError, match="lr > 0"):
+        from_args(p.parse_args(["--refine", "5", "--refine-lr", "0"]))
