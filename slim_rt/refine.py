@@ -257,17 +257,17 @@ def from_args(args) -> RefineConfig | None:
     knobs = {k: v for k, v in knobs.items() if v is not None}
     if not args.refine:
         if knobs:
-            flags = {"lr": "--refine-lr", "rate_weight": "--refine-rate-weight", "target_bpp": "--refine-target-bpp", "refine_z": "--refine-z",
-                     "jitter": "--refine-jitter", "machines": "--refine-for"}
+            flags = {"lr": "--refine-lr", "rate_weight": "--refine-rate-weight", "target_bpp": "--refine-target-bpp",
+                     "refine_z": "--refine-z", "jitter": "--refine-jitter", "machines": "--refine-for"}
             raise ValueError(f"{', '.join(flags[k] for k in knobs)}: only with --refine N")
         return None
     return RefineConfig(steps=args.refine, **knobs)
 
 
 def suffix(cfg: RefineConfig | None) -> str:
-    """Curve and file-name suffix: "-refine20" and what differs from the default RefineConfig: "-lr0.05" (lr), "-w300"
-    (rate_weight), "-t0.03" (target_bpp), "-z" (refine_z), "-j0.1" (jitter), "-for-lite0+lite1"
-    (machines); "" when off."""
+    """Curve and file-name suffix: "-refine20" and what differs from the default RefineConfig: "-lr0.05"
+    (lr), "-w300" (rate_weight), "-t0.03" (target_bpp), "-z" (refine_z), "-j0.1" (jitter),
+    "-for-lite0+lite1" (machines); "" when off."""
     if not cfg:
         return ""
     d = RefineConfig()
