@@ -73,10 +73,9 @@ def commands(gpu: bool, out: Path, quick: bool) -> dict[str, tuple[list[str], fl
     # the kernels first (quick, and what a new kernel needs checked), then the compile-heavy codec tests
     # Files are named one by one: with the "tests" folder among the arguments pytest collected in folder
     # order (the H200 run of 2026-11-27 spent the section's 100 s compiling test_gpu_codec before any kernel test).
-    first = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_kernel*.py"))
-    first += ["tests/test_gpu_codec.py"]
-    tests += first + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
-                            if str(p.relative_to(ROOT)) not in first)
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py"))
+    first = [f for f in files if f.startswith("tests/test_kernel")] + ["tests/test_gpu_codec.py"]
+    tests += first + [f for f in files if f not in first]
     if quick:
         tests += ["-k", "gpu_codec"]
     return {

@@ -121,16 +121,14 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
     def add(codec, curve, setting, datas, recs, enc_ms, dec_ms, quality=None, scale=1.0, rate=None, k=None,
             caps=None, unet_ms=None):
         t = time.perf_counter()
-        fid = fidelity(recs, refs)  # the same for every machine
+        # what every machine's rows share: the file, its bytes, timings and fidelity (computed once)
+        common = [{"file": im.file, "label": im.label, "codec": codec, "curve": curve, "setting": setting,
+                   "quality": quality, "scale": scale, "rate": rate, "steps": k,
+                   "caption": caps[i] if caps else None, "bytes": len(d), "bpp": 8 * len(d) / (SIZE * SIZE),
+                   **f, "enc_ms": enc_ms[i], "dec_ms": dec_ms[i], "unet_ms": unet_ms[i] if unet_ms else 0.0}
+                  for i, (im, d, f) in enumerate(zip(images, datas, fidelity(recs, refs)))]
         for m, clf in scorers.items():
-            new = []
-            scores = [{**a, **b} for a, b in zip(machine_scores(clf, recs, labels), fid)]
-            for i, (im, d, s) in enumerate(zip(images, datas, scores)):
-                new.append({"file": im.file, "label": im.label, "codec": codec, "curve": curve, "setting": setting,
-                            "quality": quality, "scale": scale, "rate": rate, "steps": k,
-                            "caption": caps[i] if caps else None, "bytes": len(d), "bpp": 8 * len(d) / (SIZE * SIZE),
-                            **s, "enc_ms": enc_ms[i], "dec_ms": dec_ms[i],
-                            "unet_ms": unet_ms[i] if unet_ms else 0.0})
+            new = [{**c, **s} for c, s in zip(common, machine_scores(clf, recs, labels))]
             rows[m].extend(new)
             a = aggregate(new)
             by = f"  [{m.replace('efficientnet-', '')}]" if len(scorers) > 1 else ""
@@ -231,6 +229,14 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
                     dec_ms.append((t2 - t1) * 1e3)
                 add(codec, curve, f"q{q}", datas, recs, enc_ms, dec_ms, quality=q, scale=s)
 
+    split = Path(data).resolve().name
+    base_name = f"eval-{model_name or 'baselines'}-{split}"
+    if limit is not None and limit < len(labelled_files(data)):
+        base_name += f"-first{limit}"
+    if "slim" in codecs:
+        base_name += refine_suffix(refine)
+    tag = tag if tag is not None else (None if caption_mode == "auto" else f"cap-{caption_mode}")
+
     def finish(machine: str) -> dict:  # aggregate, name and write one scoring machine's results
         ref = ref_scores[machine]
         reference = {"n": N, "top1": sum(s["top1"] for s in ref) / N, "top5": sum(s["top5"] for s in ref) / N,
@@ -246,17 +252,11 @@ def _run_eval(data, model, out_dir, limit, steps, device, codecs, caption_mode, 
         if classical:  # the best of every classical codec and scale
             curves[ENVELOPE] = classical
         bd = bd_table(curves, bd_method)
-        split = Path(data).resolve().name
-        name = f"eval-{model_name or 'baselines'}-{split}"
-        if limit is not None and limit < len(labelled_files(data)):
-            name += f"-first{limit}"
-        tg = tag if tag is not None else (None if caption_mode == "auto" else f"cap-{caption_mode}")
-        if "slim" in codecs:
-            name += refine_suffix(refine)
+        name = base_name
         if own_classifier and machine != "efficientnet-lite0":
             name += "-" + machine.replace("efficientnet-", "")
-        if tg:
-            name += f"-{tg}"
+        if tag:
+            name += f"-{tag}"
         result = {
             "name": name, "data": str(data), "split": split, "n_images": N, "limit": limit,
             "model": model_name, "model_path": str(model) if model_name else None, "caption_mode": caption_mode,
